@@ -1,0 +1,182 @@
+"""The Case: everything needed to replay one example anywhere.
+
+A case file is JSON (see README, "Case files"). Floats are kept exactly:
+JSON numbers written by Python round-trip float64 bit for bit, and the
+inputs are rounded to the case dtype once, here, so the kernel and every
+framework start from the same values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError
+
+from .dtypes import DTYPES, round_to
+from .registry import FRAMEWORKS, REFERENCE
+from .yamlsource import SourceError, format_path
+
+
+class CaseError(SourceError):
+    """A case that cannot be replayed, located by file and key path."""
+
+
+class _CaseModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str
+    framework: str = REFERENCE
+    variant: str | list[str] | None = None
+    mode: str | None = None
+    device: str | None = None
+    dtype: str
+    hyperparameters: dict[str, StrictBool | float] = {}
+    params: Any
+    grads: list[Any]
+    lr_schedule: list[float] | None = None
+    sparse_rows: list[list[StrictInt]] | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    rule: str
+    dtype: str
+    params: np.ndarray  # initial parameters, float64, already rounded to `dtype`
+    grads: np.ndarray  # (steps, *params.shape), float64, rounded to `dtype`
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    framework: str = REFERENCE
+    variant: tuple[str, ...] = ()
+    mode: str | None = None
+    device: str | None = None
+    lr_schedule: tuple[float, ...] | None = None
+    sparse_rows: tuple[tuple[int, ...], ...] | None = None
+    seed: int | None = None
+
+    @property
+    def steps(self) -> int:
+        return int(self.grads.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.params.shape)
+
+    # ---- JSON -----------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<case>") -> "Case":
+        def err(path, message):
+            return CaseError(source, tuple(path), None, message)
+
+        if not isinstance(data, dict):
+            raise err((), "a case must be a JSON object")
+        try:
+            m = _CaseModel.model_validate(data)
+        except ValidationError as exc:
+            e = exc.errors(include_url=False)[0]
+            path = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in {"float", "bool", "str"})))
+            kind = e["type"]
+            msg = {"extra_forbidden": "unknown key", "missing": "missing required key"}.get(kind, e["msg"])
+            raise err(path, msg) from None
+        if m.framework != REFERENCE and m.framework not in FRAMEWORKS:
+            raise err(("framework",), f"unknown framework {m.framework!r} (known: {REFERENCE}, {', '.join(FRAMEWORKS)})")
+        if m.dtype not in DTYPES:
+            raise err(("dtype",), f"unknown dtype {m.dtype!r} (known: {', '.join(DTYPES)})")
+        variant = (m.variant,) if isinstance(m.variant, str) else tuple(m.variant or ())
+        if variant and m.framework != REFERENCE:
+            raise err(("variant",), "a variant can only be asked of the reference kernel; frameworks run what they run")
+        params = _array(m.params, ("params",), err)
+        if not m.grads:
+            raise err(("grads",), "at least one step (one gradient) is required")
+        grads = []
+        for i, g in enumerate(m.grads):
+            a = _array(g, ("grads", i), err)
+            if a.shape != params.shape:
+                raise err(("grads", i), f"gradient shape {a.shape} differs from params shape {params.shape}")
+            grads.append(a)
+        grads_arr = np.stack(grads)
+        steps = len(grads)
+        lr = None
+        if m.lr_schedule is not None:
+            if len(m.lr_schedule) != steps:
+                raise err(("lr_schedule",), f"{len(m.lr_schedule)} learning rates for {steps} steps")
+            lr = tuple(float(x) for x in m.lr_schedule)
+        rows = None
+        if m.sparse_rows is not None:
+            if params.ndim < 1:
+                raise err(("sparse_rows",), "sparse rows need a parameter with at least one dimension")
+            if len(m.sparse_rows) != steps:
+                raise err(("sparse_rows",), f"{len(m.sparse_rows)} row sets for {steps} steps")
+            n = params.shape[0]
+            for i, step_rows in enumerate(m.sparse_rows):
+                for j, r in enumerate(step_rows):
+                    if not 0 <= r < n:
+                        raise err(("sparse_rows", i, j), f"row {r} is outside 0..{n - 1}")
+                untouched = np.ones(n, dtype=bool)
+                untouched[list(step_rows)] = False
+                if np.any(grads_arr[i][untouched] != 0):
+                    raise err(("grads", i), "a row not listed in sparse_rows has a nonzero gradient")
+            rows = tuple(tuple(r) for r in m.sparse_rows)
+        return cls(
+            rule=m.rule,
+            dtype=m.dtype,
+            params=round_to(params, m.dtype),
+            grads=round_to(grads_arr, m.dtype),
+            hyperparameters=dict(m.hyperparameters),
+            framework=m.framework,
+            variant=variant,
+            mode=m.mode,
+            device=m.device,
+            lr_schedule=lr,
+            sparse_rows=rows,
+            seed=m.seed,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Case":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CaseError(str(path), (), None, f"cannot read: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise CaseError(str(path), (), exc.lineno, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+        return cls.from_dict(data, str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rule": self.rule, "framework": self.framework}
+        if self.variant:
+            out["variant"] = list(self.variant)
+        if self.mode is not None:
+            out["mode"] = self.mode
+        if self.device is not None:
+            out["device"] = self.device
+        out["dtype"] = self.dtype
+        out["hyperparameters"] = dict(self.hyperparameters)
+        out["params"] = self.params.tolist()
+        out["grads"] = self.grads.tolist()
+        if self.lr_schedule is not None:
+            out["lr_schedule"] = list(self.lr_schedule)
+        if self.sparse_rows is not None:
+            out["sparse_rows"] = [list(r) for r in self.sparse_rows]
+        if self.seed is not None:
+            out["seed"] = self.seed
+        return out
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+def _array(value: Any, path, err) -> np.ndarray:
+    try:
+        a = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise err(path, "expected a number or a nested list of numbers of one rectangular shape") from None
+    return a
+
+
+__all__ = ["Case", "CaseError", "format_path"]

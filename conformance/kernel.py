@@ -1,0 +1,134 @@
+"""The reference kernel: a spec's equations evaluated step by step on numpy.
+
+It runs the canonical rule or any named variants over the same
+dtype-rounded inputs the frameworks get, in float64 by default, and returns
+the parameters and every state slot after every step. The same equations
+can also be evaluated in a lower dtype (float32, float16, bfloat16), which
+the tolerance uses to estimate how much rounding alone moves a result.
+
+Numerics: all hyperparameters become numpy scalars of the compute dtype so
+that numpy (not Python) semantics apply everywhere (`1/0` is inf, not an
+exception) and nothing silently promotes a float16 run to float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .case import Case
+from .dtypes import numpy_dtype
+from .spec import Spec
+
+
+@dataclass(frozen=True, eq=False)
+class Trajectory:
+    """Parameters and state slots after every step: arrays of shape (steps, *shape)."""
+
+    params: np.ndarray
+    state: dict[str, np.ndarray]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trajectory": _tolist(self.params),
+            "state": {name: _tolist(values) for name, values in self.state.items()},
+        }
+
+
+def _tolist(a: np.ndarray) -> list:
+    return np.asarray(a, dtype=np.float64).tolist()
+
+
+def run(
+    spec: Spec,
+    hyperparameters: dict[str, Any],
+    params: np.ndarray,
+    grads: Sequence[np.ndarray] | np.ndarray,
+    *,
+    variants: Sequence[str] = (),
+    lr_schedule: Sequence[float] | None = None,
+    sparse_rows: Sequence[Sequence[int]] | None = None,
+    compute_dtype: str = "float64",
+) -> Trajectory:
+    """Run `spec` (with `variants` applied) from `params` over one gradient per step.
+
+    `hyperparameters` are canonical names over the spec defaults. The inputs
+    are taken as given (round them to the case dtype first: `run_case` does).
+    With `sparse_rows`, rows not listed for a step get a zero gradient; under
+    lazy semantics they also keep their parameters and state.
+    """
+    dt = numpy_dtype(compute_dtype)
+    scalar = dt.type
+    hp = spec.resolve(hyperparameters)
+    env_base = {name: (v if isinstance(v, bool) else scalar(v)) for name, v in hp.items()}
+    equations = spec.equations(tuple(variants))
+    lazy = spec.sparse_semantics(tuple(variants)) == "lazy"
+    grads = np.asarray(grads, dtype=np.float64)
+    steps = grads.shape[0]
+    if lr_schedule is not None and len(lr_schedule) != steps:
+        raise ValueError(f"{len(lr_schedule)} learning rates for {steps} steps")
+    if sparse_rows is not None and len(sparse_rows) != steps:
+        raise ValueError(f"{len(sparse_rows)} row sets for {steps} steps")
+
+    p = np.asarray(params, dtype=np.float64).astype(dt)
+    shape = p.shape
+    init_env = dict(env_base, p=p)
+    state = {
+        name: np.array(np.broadcast_to(expr(init_env), shape), dtype=dt)
+        for name, expr in spec.initial_state(tuple(variants)).items()
+    }
+    out_p = np.empty((steps,) + shape, dtype=dt)
+    out_state = {name: np.empty((steps,) + shape, dtype=dt) for name in state}
+
+    with np.errstate(all="ignore"):
+        for i in range(steps):
+            g = grads[i].astype(dt)
+            touched = None
+            if sparse_rows is not None:
+                touched = np.zeros(shape[0], dtype=bool)
+                touched[list(sparse_rows[i])] = True
+                g = np.where(_rows(touched, g.ndim), g, dt.type(0))
+            env = dict(env_base, **state)
+            env.update(p=p, g=g, t=i + 1)
+            if lr_schedule is not None:
+                env["lr"] = scalar(lr_schedule[i])
+            for eq in equations:
+                env[eq.target] = eq.expr(env)
+            new_p = _shaped(env["p"], shape, dt)
+            new_state = {name: _shaped(env[name], shape, dt) for name in state}
+            if lazy and touched is not None:
+                keep = _rows(touched, len(shape))
+                new_p = np.where(keep, new_p, p)
+                new_state = {name: np.where(keep, new_state[name], state[name]) for name in state}
+            p, state = new_p, new_state
+            out_p[i] = p
+            for name in state:
+                out_state[name][i] = state[name]
+    return Trajectory(out_p, out_state)
+
+
+def run_case(spec: Spec, case: Case, variants: Sequence[str] | None = None, compute_dtype: str = "float64") -> Trajectory:
+    """Run a case (its inputs are already rounded to `case.dtype`)."""
+    return run(
+        spec,
+        case.hyperparameters,
+        case.params,
+        case.grads,
+        variants=case.variant if variants is None else variants,
+        lr_schedule=case.lr_schedule,
+        sparse_rows=case.sparse_rows,
+        compute_dtype=compute_dtype,
+    )
+
+
+def _rows(mask: np.ndarray, ndim: int) -> np.ndarray:
+    return mask.reshape(mask.shape + (1,) * (ndim - 1))
+
+
+def _shaped(value: Any, shape: tuple[int, ...], dt: np.dtype) -> np.ndarray:
+    a = np.asarray(value)
+    if a.shape != shape:
+        a = np.broadcast_to(a, shape)
+    return a.astype(dt, copy=False)

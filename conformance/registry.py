@@ -1,0 +1,77 @@
+"""The one place that maps a framework name to its adapter.
+
+The harness never branches on a framework's name: it asks this registry
+which adapter module serves a name, which Python module it needs and which
+distribution reports its version. Availability is probed with
+`importlib.util.find_spec`, so listing frameworks never imports them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FrameworkEntry:
+    name: str
+    adapter: str  # module of the adapter, inside this package
+    module: str  # the framework's own top-level module
+    distributions: tuple[str, ...]  # PyPI names that may provide it, for the version
+    title: str
+
+
+FRAMEWORKS: dict[str, FrameworkEntry] = {
+    entry.name: entry
+    for entry in (
+        FrameworkEntry("torch", "conformance.adapters.torch", "torch", ("torch",), "PyTorch"),
+        FrameworkEntry(
+            "tensorflow",
+            "conformance.adapters.tensorflow",
+            "tensorflow",
+            ("tensorflow-cpu", "tensorflow"),
+            "TensorFlow / Keras",
+        ),
+        FrameworkEntry("jax", "conformance.adapters.jax", "optax", ("optax",), "JAX / Optax"),
+        FrameworkEntry("mxnet", "conformance.adapters.mxnet", "mxnet", ("mxnet",), "MXNet"),
+    )
+}
+
+#: `reference` is the float64 kernel itself; it needs no adapter.
+REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class Availability:
+    framework: str
+    installed: bool
+    version: str | None
+    adapter: bool
+    reason: str | None
+
+
+def entry(name: str) -> FrameworkEntry:
+    try:
+        return FRAMEWORKS[name]
+    except KeyError:
+        raise KeyError(f"unknown framework {name!r} (known: {', '.join(FRAMEWORKS)})") from None
+
+
+def availability(name: str) -> Availability:
+    e = entry(name)
+    installed = importlib.util.find_spec(e.module) is not None
+    version = None
+    for dist in e.distributions:
+        try:
+            version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    has_adapter = importlib.util.find_spec(e.adapter) is not None
+    reason = None
+    if not installed:
+        reason = f"{e.module} is not importable in this Python"
+    elif not has_adapter:
+        reason = f"no adapter module {e.adapter} in this version of optimizer-conformance"
+    return Availability(name, installed, version, has_adapter, reason)

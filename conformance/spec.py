@@ -1,0 +1,535 @@
+"""The spec: one YAML file per update rule, validated into a frozen `Spec`.
+
+A spec is the single source of truth for a rule's math (hyperparameters,
+state slots, the canonical equations and named variants) and for how the
+rule maps onto each framework. Files are read with the safe YAML loader,
+checked against a pydantic model (structure and types) and then against the
+rule's own names (every equation, mapping and condition is compiled by
+`conformance.expr`; unknown names are errors). Any problem raises one
+`SourceError` naming the file, the key path and the line, and nothing is
+half-loaded.
+
+Names inside a spec:
+- `p` the parameter, `g` the gradient of this step, `t` the 1-based step,
+  `lr` the learning rate of this step (a per-step schedule overrides the
+  hyperparameter), plus the rule's hyperparameters and state slots;
+- an equation assigns each name at most once per step; before its
+  assignment a state slot or `p` reads the previous step's value.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+
+from .expr import FUNCTIONS, Equation, ExprError, Expression, compile_expression, parse_equation
+from .dtypes import DTYPES as DTYPE_TABLE
+from .registry import FRAMEWORKS
+from .yamlsource import KeyPath, Located, SourceError, load_yaml_file
+
+DTYPES = tuple(DTYPE_TABLE)
+#: Names every step can read besides hyperparameters and state.
+STEP_INPUTS = ("p", "g", "t", "lr")
+_RULE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+Number = Union[StrictBool, int, float]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class Domain(_Model):
+    """Where hypothesis draws a numeric hyperparameter from."""
+
+    low: float
+    high: float
+    log: bool = False
+    special: list[float] = Field(default_factory=list, description="values drawn with priority (0, defaults)")
+
+
+class Hyperparameter(_Model):
+    default: Number
+    doc: str
+    domain: Domain | None = None
+
+
+class StateSlot(_Model):
+    init: str | float
+    doc: str
+
+
+class VariantModel(_Model):
+    explain: str
+    cite: str
+    equations: list[str] = Field(default_factory=list)
+    state: dict[str, str | float] = Field(default_factory=dict, description="state slots whose initial value differs")
+    sparse: Literal["dense", "lazy"] | None = None
+
+
+class Unsupported(_Model):
+    reason: str
+    when: str | None = None
+    modes: list[str] | None = None
+
+
+class SparseDecl(_Model):
+    semantics: Literal["dense", "lazy", "unsupported"]
+    note: str | None = None
+    cite: str | None = None
+
+
+ArgValue = Union[str, float, StrictBool, list[Union[str, float]]]
+
+
+class ModeModel(_Model):
+    """A mode of a framework; any field given here overrides the framework's."""
+
+    optimizer: str | None = None
+    args: dict[str, ArgValue] | None = None
+    state: dict[str, str] | None = None
+    defaults: dict[str, Number] | None = None
+    expect: list[str] | None = None
+    sparse: SparseDecl | None = None
+    source: str | None = None
+    devices: list[str] | None = None
+    dtypes: list[Literal["float16", "bfloat16", "float32", "float64"]] | None = None
+    note: str | None = None
+
+
+class FrameworkModel(_Model):
+    optimizer: str
+    source: str
+    args: dict[str, ArgValue]
+    state: dict[str, str] = Field(default_factory=dict)
+    defaults: dict[str, Number] = Field(default_factory=dict)
+    modes: dict[str, ModeModel]
+    expect: list[str] = Field(default_factory=list)
+    unsupported: list[Unsupported] = Field(default_factory=list)
+    sparse: SparseDecl
+    note: str | None = None
+
+    @field_validator("modes")
+    @classmethod
+    def _some_mode(cls, v: dict[str, ModeModel]) -> dict[str, ModeModel]:
+        if not v:
+            raise ValueError("at least one mode is required")
+        return v
+
+
+class ToleranceModel(_Model):
+    floor_ulps: float | None = Field(default=None, ge=0)
+    noise_factor: float | None = Field(default=None, gt=0)
+
+
+class SpecModel(_Model):
+    title: str
+    summary: str
+    references: list[str]
+    hyperparameters: dict[str, Hyperparameter]
+    state: dict[str, StateSlot] = Field(default_factory=dict)
+    step: list[str]
+    variants: dict[str, VariantModel] = Field(default_factory=dict)
+    frameworks: dict[str, FrameworkModel] = Field(default_factory=dict)
+    tolerance: dict[Literal["float16", "bfloat16", "float32", "float64"], ToleranceModel] = Field(default_factory=dict)
+    cases: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------
+# The compiled, validated spec.
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    explain: str
+    cite: str
+    equations: tuple[tuple[str, Expression], ...]
+    sparse: str | None  # "lazy" makes untouched sparse rows keep params and state
+    state_init: tuple[tuple[str, Expression], ...] = ()
+
+
+#: Rule-independent variant served for every spec by the kernel.
+LAZY = Variant(
+    name="lazy",
+    explain=(
+        "sparse gradients update only the rows they touch: untouched rows keep their"
+        " parameters and every state slot (no momentum, decay or weight decay there)"
+    ),
+    cite=(
+        "torch/optim/sparse_adam.py SparseAdam (torch/optim/_functional.py sparse_adam);"
+        " mxnet/optimizer/optimizer.py SGD/Adam lazy_update;"
+        " tensorflow/python/training/adam.py AdamOptimizer._apply_sparse_shared"
+    ),
+    equations=(),
+    sparse="lazy",
+)
+
+
+@dataclass(frozen=True)
+class ModeConfig:
+    """One framework mode, with the framework's fields merged in."""
+
+    framework: str
+    mode: str
+    optimizer: str
+    source: str
+    args: dict[str, Any]  # native name -> Expression | tuple[Expression, ...]
+    state: dict[str, str]  # native slot -> canonical slot
+    defaults: dict[str, Any]
+    expect: tuple[str, ...]
+    unsupported: tuple[tuple[Expression | None, str], ...]
+    sparse: SparseDecl
+    devices: tuple[str, ...] | None
+    dtypes: tuple[str, ...] | None
+    note: str | None
+
+    def native_args(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        """The framework's constructor arguments for canonical hyperparameters."""
+        out: dict[str, Any] = {}
+        for native, value in self.args.items():
+            if isinstance(value, tuple):
+                out[native] = tuple(_plain(v(hyperparameters)) for v in value)
+            else:
+                out[native] = _plain(value(hyperparameters))
+        return out
+
+    def unsupported_reason(self, hyperparameters: dict[str, Any]) -> str | None:
+        for when, reason in self.unsupported:
+            if when is None or bool(when(hyperparameters)):
+                return reason
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python scalars, so adapters get ordinary arguments."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
+@dataclass(frozen=True)
+class Spec:
+    rule: str
+    file: str
+    title: str
+    summary: str
+    references: tuple[str, ...]
+    hyperparameters: dict[str, Hyperparameter]
+    state: dict[str, StateSlot]
+    state_init: dict[str, Expression]
+    step: tuple[Equation, ...]
+    variants: dict[str, Variant]
+    frameworks: dict[str, FrameworkModel]
+    modes: dict[tuple[str, str], ModeConfig]
+    tolerance: dict[str, ToleranceModel]
+    cases: tuple[str, ...]
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {name: hp.default for name, hp in self.hyperparameters.items()}
+
+    def resolve(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """Canonical hyperparameters: `given` over the defaults, checked by name and type."""
+        out = self.defaults
+        for name, value in (given or {}).items():
+            if name not in self.hyperparameters:
+                raise KeyError(
+                    f"rule {self.rule} has no hyperparameter {name!r}"
+                    f" (it has: {', '.join(self.hyperparameters)})"
+                )
+            default = self.hyperparameters[name].default
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise TypeError(f"hyperparameter {name!r} of rule {self.rule} is a flag; got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"hyperparameter {name!r} of rule {self.rule} is a number; got {value!r}")
+            out[name] = value
+        return out
+
+    def equations(self, variants: tuple[str, ...] | list[str] = ()) -> tuple[Equation, ...]:
+        """The step with the named variants applied in order (cached)."""
+        return _compose(self, tuple(variants))
+
+    def initial_state(self, variants: tuple[str, ...] | list[str] = ()) -> dict[str, Expression]:
+        """Initial-value expressions of the state slots, with variant overrides."""
+        init = dict(self.state_init)
+        for name in variants:
+            init.update(self.variant(name).state_init)
+        return init
+
+    def sparse_semantics(self, variants: tuple[str, ...] | list[str] = ()) -> str:
+        semantics = "dense"
+        for name in variants:
+            semantics = self.variant(name).sparse or semantics
+        return semantics
+
+    def variant(self, name: str) -> Variant:
+        try:
+            return self.variants[name]
+        except KeyError:
+            raise KeyError(
+                f"rule {self.rule} has no variant {name!r} (it has: {', '.join(self.variants)})"
+            ) from None
+
+    def mode(self, framework: str, mode: str) -> ModeConfig:
+        try:
+            return self.modes[(framework, mode)]
+        except KeyError:
+            have = ", ".join(f"{f}/{m}" for f, m in self.modes) or "none"
+            raise KeyError(f"rule {self.rule} has no mode {framework}/{mode} (it has: {have})") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _compose_cached(step: tuple[Equation, ...], variants: tuple[Variant, ...]) -> tuple[Equation, ...]:
+    eqs = list(step)
+    for variant in variants:
+        eqs = _apply_variant(eqs, variant)
+    return tuple(eqs)
+
+
+def _compose(spec: Spec, names: tuple[str, ...]) -> tuple[Equation, ...]:
+    return _compose_cached(spec.step, tuple(spec.variant(n) for n in names))
+
+
+def _apply_variant(eqs: list[Equation], variant: Variant) -> list[Equation]:
+    """Replace equations by target; insert new targets before their first reader."""
+    eqs = list(eqs)
+    index = {eq.target: i for i, eq in enumerate(eqs)}
+    fresh = []
+    for target, expr in variant.equations:
+        if target in index:
+            eqs[index[target]] = Equation(target, expr)
+        else:
+            fresh.append(Equation(target, expr))
+    # New intermediates go just before their first reader; the last one listed
+    # first, so that one reading another ends up after it.
+    for new in reversed(fresh):
+        for i, eq in enumerate(eqs):
+            if new.target in eq.expr.names:
+                eqs.insert(i, new)
+                break
+        else:
+            raise ValueError(f"variant {variant.name} defines {new.target!r}, which no equation reads")
+    return eqs
+
+
+# --------------------------------------------------------------------------
+# Loading.
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    located = load_yaml_file(path)
+    rule = path.stem
+    if not _RULE_NAME.match(rule):
+        raise SourceError(path, (), None, f"the file name gives the rule name; {rule!r} must match {_RULE_NAME.pattern}")
+    if not isinstance(located.data, dict):
+        raise located.error((), "a spec must be a mapping of keys (title, summary, hyperparameters, ...)")
+    try:
+        model = SpecModel.model_validate(located.data)
+    except ValidationError as exc:
+        raise _from_pydantic(exc, located) from None
+    return _build(rule, str(path), model, located)
+
+
+def _from_pydantic(exc: ValidationError, located: Located) -> SourceError:
+    errors = exc.errors(include_url=False)
+    # pydantic reports each failed branch of a union; the shortest path is the
+    # one a person should look at, and "extra" / "missing" are the clearest.
+    errors.sort(key=lambda e: (e["type"] not in ("extra_forbidden", "missing"), len(e["loc"])))
+    first = errors[0]
+    path = tuple(p for p in first["loc"] if not _is_union_tag(p))
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        message = f"unknown key {path[-1]!r}"
+    elif kind == "missing":
+        message = f"missing required key {path[-1]!r}"
+    else:
+        message = f"{first['msg']}, got {first.get('input')!r}"
+    more = len({e['loc'] for e in errors}) - 1
+    if more > 0:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return located.error(path, message)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic inserts the branch type into the location of union errors
+    return isinstance(part, str) and (
+        part in {"str", "float", "int", "bool", "list[union[str,float]]"} or "[" in part or part.startswith("function-")
+    )
+
+
+def _build(rule: str, file: str, model: SpecModel, src: Located) -> Spec:
+    hp = model.hyperparameters
+    for name, h in hp.items():
+        if not name.isidentifier() or name in ("p", "g", "t") or name in FUNCTIONS:
+            raise src.error(("hyperparameters", name), f"{name!r} cannot be a hyperparameter name")
+        if h.domain is not None and h.domain.low > h.domain.high:
+            raise src.error(("hyperparameters", name, "domain"), "domain low is above high")
+        if h.domain is not None and h.domain.log and h.domain.low <= 0:
+            raise src.error(("hyperparameters", name, "domain", "low"), "a log-scale domain needs low > 0")
+    if "lr" not in hp:
+        raise src.error(("hyperparameters",), "every rule needs an 'lr' hyperparameter (the per-step learning rate)")
+    for name in model.state:
+        if not name.isidentifier() or name in STEP_INPUTS or name in hp or name in FUNCTIONS:
+            raise src.error(("state", name), f"{name!r} cannot be a state slot name (it clashes)")
+
+    def expr(path: KeyPath, source: Any, known: set[str]) -> Expression:
+        try:
+            return compile_expression(str(source) if isinstance(source, (int, float)) else source, known)
+        except ExprError as exc:
+            raise src.error(path, str(exc)) from None
+
+    hp_names = set(hp)
+    state_init = {
+        name: expr(("state", name, "init"), slot.init, hp_names | {"p"}) for name, slot in model.state.items()
+    }
+
+    base_known = hp_names | set(model.state) | set(STEP_INPUTS)
+    readonly = hp_names | {"t", "lr"}
+    step = _equations(model.step, ("step",), base_known, src, readonly)
+    if not any(eq.target == "p" for eq in step):
+        raise src.error(("step",), "the step never assigns p (the parameter update)")
+
+    variants: dict[str, Variant] = {"lazy": LAZY}
+    for name, vm in model.variants.items():
+        if not name.isidentifier():
+            raise src.error(("variants", name), f"{name!r} is not a valid variant name")
+        defined = base_known | {eq.target for eq in step}
+        pairs: list[tuple[str, Expression]] = []
+        for i, text in enumerate(vm.equations):
+            path = ("variants", name, "equations", i)
+            try:
+                target, rhs = parse_equation(text)
+            except ExprError as exc:
+                raise src.error(path, str(exc)) from None
+            if target in readonly:
+                raise src.error(path, f"{target!r} is an input of the step and cannot be assigned")
+            defined.add(target)
+            pairs.append((target, expr(path, rhs, defined)))
+        inits = []
+        for slot, value in vm.state.items():
+            if slot not in model.state:
+                raise src.error(("variants", name, "state", slot), f"{slot!r} is not a state slot of this rule")
+            inits.append((slot, expr(("variants", name, "state", slot), value, hp_names | {"p"})))
+        variant = Variant(name, vm.explain, vm.cite, tuple(pairs), vm.sparse, tuple(inits))
+        try:
+            composed = _apply_variant(list(step), variant)
+        except ValueError as exc:
+            raise src.error(("variants", name), str(exc)) from None
+        _check_order(composed, base_known, src, ("variants", name))
+        variants[name] = variant
+
+    modes: dict[tuple[str, str], ModeConfig] = {}
+    for fw, section in model.frameworks.items():
+        base = ("frameworks", fw)
+        if fw not in FRAMEWORKS:
+            raise src.error(base, f"unknown framework {fw!r} (known: {', '.join(FRAMEWORKS)})")
+        for mode_name, mm in section.modes.items():
+            mpath = base + ("modes", mode_name)
+            modes[(fw, mode_name)] = _mode_config(fw, mode_name, section, mm, hp_names, set(model.state), variants, src, base, mpath, expr)
+    return Spec(
+        rule=rule,
+        file=file,
+        title=model.title,
+        summary=model.summary,
+        references=tuple(model.references),
+        hyperparameters=dict(hp),
+        state=dict(model.state),
+        state_init=state_init,
+        step=step,
+        variants=variants,
+        frameworks=dict(model.frameworks),
+        modes=modes,
+        tolerance=dict(model.tolerance),
+        cases=tuple(model.cases),
+    )
+
+
+def _equations(
+    texts: list[str], path: KeyPath, known: set[str], src: Located, readonly: set[str]
+) -> tuple[Equation, ...]:
+    out: list[Equation] = []
+    defined = set(known)
+    assigned: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        try:
+            target, rhs = parse_equation(text)
+            compiled = compile_expression(rhs, defined)
+        except ExprError as exc:
+            raise src.error(path + (i,), str(exc)) from None
+        if target in assigned:
+            raise src.error(
+                path + (i,), f"{target!r} is assigned twice in one step (first at {path[-1]}[{assigned[target]}])"
+            )
+        if target in readonly:
+            raise src.error(path + (i,), f"{target!r} is an input of the step and cannot be assigned")
+        assigned[target] = i
+        defined.add(target)
+        out.append(Equation(target, compiled))
+    return tuple(out)
+
+
+def _check_order(eqs: list[Equation], known: set[str], src: Located, path: KeyPath) -> None:
+    defined = set(known)
+    for eq in eqs:
+        missing = eq.expr.names - defined
+        if missing:
+            raise src.error(path, f"after applying the variant, {eq.source!r} reads {sorted(missing)} before it is defined")
+        defined.add(eq.target)
+
+
+def _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, src, base, mpath, expr) -> ModeConfig:
+    args_src = mm.args if mm.args is not None else section.args
+    args_path = mpath + ("args",) if mm.args is not None else base + ("args",)
+    args: dict[str, Any] = {}
+    for native, value in args_src.items():
+        if isinstance(value, list):
+            args[native] = tuple(expr(args_path + (native, i), v, hp_names) for i, v in enumerate(value))
+        else:
+            args[native] = expr(args_path + (native,), value, hp_names)
+    state = mm.state if mm.state is not None else section.state
+    for native, canonical in state.items():
+        if canonical not in state_names:
+            where = mpath if mm.state is not None else base
+            raise src.error(where + ("state", native), f"{canonical!r} is not a state slot of this rule")
+    defaults = mm.defaults if mm.defaults is not None else section.defaults
+    for name in defaults:
+        if name not in hp_names:
+            where = mpath if mm.defaults is not None else base
+            raise src.error(where + ("defaults", name), f"{name!r} is not a hyperparameter of this rule")
+    expect = mm.expect if mm.expect is not None else section.expect
+    for i, name in enumerate(expect):
+        if name not in variants:
+            where = mpath if mm.expect is not None else base
+            raise src.error(where + ("expect", i), f"unknown variant {name!r} (declared: {', '.join(variants)})")
+    unsupported = []
+    for i, u in enumerate(section.unsupported):
+        if u.modes is not None and mode_name not in u.modes:
+            continue
+        if u.modes is not None:
+            for j, m in enumerate(u.modes):
+                if m not in section.modes:
+                    raise src.error(base + ("unsupported", i, "modes", j), f"unknown mode {m!r}")
+        when = expr(base + ("unsupported", i, "when"), u.when, hp_names) if u.when is not None else None
+        unsupported.append((when, u.reason))
+    return ModeConfig(
+        framework=fw,
+        mode=mode_name,
+        optimizer=mm.optimizer or section.optimizer,
+        source=mm.source or section.source,
+        args=args,
+        state=dict(state),
+        defaults=dict(defaults),
+        expect=tuple(expect),
+        unsupported=tuple(unsupported),
+        sparse=mm.sparse or section.sparse,
+        devices=tuple(mm.devices) if mm.devices is not None else None,
+        dtypes=tuple(mm.dtypes) if mm.dtypes is not None else None,
+        note=mm.note or section.note,
+    )
