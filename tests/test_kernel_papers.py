@@ -1,0 +1,269 @@
+"""The kernel reproduces the published algorithms, written out literally here.
+
+Each reference below is an independent transcription of the paper's
+pseudo-code (not of our specs), run in float64 on the same inputs; the
+kernel must agree to float64 rounding. A few steps are also checked against
+numbers worked out by hand.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from conformance.kernel import run
+
+RNG = np.random.default_rng(20261121)
+
+
+def close(a, b, rtol=1e-13, atol=1e-300):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+def inputs(steps=6, shape=(3, 4)):
+    p0 = RNG.normal(size=shape)
+    grads = RNG.normal(size=(steps,) + shape) * RNG.choice([1e-3, 1.0, 10.0], size=(steps,) + shape)
+    return p0, grads
+
+
+# --------------------------------------------------------------- Adam
+
+
+def adam_algorithm1(p, grads, alpha, b1, b2, eps):
+    """Kingma & Ba 2015, Algorithm 1, line by line."""
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        p = p - alpha * m_hat / (np.sqrt(v_hat) + eps)
+        out.append(p)
+    return np.array(out)
+
+
+def adam_section2(p, grads, alpha, b1, b2, eps_hat):
+    """Kingma & Ba 2015, Section 2, last paragraph: the alpha_t / epsilon-hat form."""
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        alpha_t = alpha * math.sqrt(1 - b2**t) / (1 - b1**t)
+        p = p - alpha_t * m / (np.sqrt(v) + eps_hat)
+        out.append(p)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("hp", [dict(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8), dict(lr=0.3, beta1=0.5, beta2=0.9, eps=0.1)])
+def test_adam_is_algorithm_1(catalog, hp):
+    p0, grads = inputs()
+    got = run(catalog.get("adam"), hp, p0, grads).params
+    close(got, adam_algorithm1(p0, grads, hp["lr"], hp["beta1"], hp["beta2"], hp["eps"]))
+
+
+@pytest.mark.parametrize("hp", [dict(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-8), dict(lr=0.3, beta1=0.5, beta2=0.9, eps=0.1)])
+def test_adam_epsilon_hat_is_section_2_form(catalog, hp):
+    p0, grads = inputs()
+    got = run(catalog.get("adam"), hp, p0, grads, variants=["epsilon_hat"]).params
+    close(got, adam_section2(p0, grads, hp["lr"], hp["beta1"], hp["beta2"], hp["eps"]))
+    # and it really differs from Algorithm 1 when eps matters
+    canonical = run(catalog.get("adam"), hp, p0, grads).params
+    assert not np.allclose(got, canonical, rtol=1e-9, atol=0)
+
+
+def test_adam_first_step_by_hand(catalog):
+    # m1 = (1-b1) g, v1 = (1-b2) g^2, so m_hat = g, v_hat = g^2 and
+    # p1 = p0 - lr * g / (|g| + eps).
+    got = run(catalog.get("adam"), dict(lr=0.1, eps=1e-8), np.array([1.0, -2.0]), np.array([[2.0, -0.5]])).params
+    close(got[0], [1.0 - 0.1 * 2.0 / (2.0 + 1e-8), -2.0 + 0.1 * 0.5 / (0.5 + 1e-8)], rtol=1e-15)
+
+
+def test_amsgrad_uses_running_max_of_v(catalog):
+    """Reddi et al. 2018 Algorithm 2's max, with PyTorch's bias correction of that max."""
+    p0, grads = inputs(steps=8)
+    grads[4:] *= 1e-3  # shrinking gradients make v fall, so the max matters
+    b1, b2, lr, eps = 0.9, 0.99, 0.01, 1e-8
+    p = p0
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    v_max = np.zeros_like(p)
+    want = []
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        v_max = np.maximum(v_max, v)
+        p = p - lr * (m / (1 - b1**t)) / (np.sqrt(v_max / (1 - b2**t)) + eps)
+        want.append(p)
+    traj = run(catalog.get("adam"), dict(lr=lr, beta1=b1, beta2=b2, eps=eps, amsgrad=True), p0, grads)
+    close(traj.params, want)
+    close(traj.state["v_max"][-1], v_max)
+    plain = run(catalog.get("adam"), dict(lr=lr, beta1=b1, beta2=b2, eps=eps), p0, grads).params
+    assert not np.allclose(plain[-1], traj.params[-1], rtol=1e-6, atol=0)
+
+
+# --------------------------------------------------------------- AdamW
+
+
+def adamw_algorithm2(p, grads, alpha, b1, b2, eps, lam, etas):
+    """Loshchilov & Hutter 2019, Algorithm 2 (Adam with decoupled weight decay)."""
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    out = []
+    for t, (g, eta) in enumerate(zip(grads, etas), start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        p = p - eta * (alpha * m_hat / (np.sqrt(v_hat) + eps) + lam * p)
+        out.append(p)
+    return np.array(out)
+
+
+def test_adamw_is_algorithm_2(catalog):
+    # The paper separates alpha from the schedule multiplier eta_t; the
+    # PyTorch form takes lr = eta_t*alpha and weight_decay = lambda/alpha.
+    p0, grads = inputs(steps=7)
+    alpha, lam, b1, b2, eps = 0.01, 0.002, 0.9, 0.999, 1e-8
+    etas = [1.0, 0.9, 0.8, 0.5, 0.5, 0.25, 0.1]
+    want = adamw_algorithm2(p0, grads, alpha, b1, b2, eps, lam, etas)
+    got = run(
+        catalog.get("adamw"),
+        dict(beta1=b1, beta2=b2, eps=eps, weight_decay=lam / alpha),
+        p0,
+        grads,
+        lr_schedule=[eta * alpha for eta in etas],
+    ).params
+    close(got, want, rtol=1e-12)
+
+
+# --------------------------------------------------------------- Adadelta
+
+
+def adadelta_algorithm1(x, grads, rho, eps):
+    """Zeiler 2012, Algorithm 1."""
+    eg2 = np.zeros_like(x)
+    edx2 = np.zeros_like(x)
+    out = []
+    for g in grads:
+        eg2 = rho * eg2 + (1 - rho) * g**2
+        dx = -np.sqrt(edx2 + eps) / np.sqrt(eg2 + eps) * g
+        edx2 = rho * edx2 + (1 - rho) * dx**2
+        x = x + dx
+        out.append(x)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("rho,eps", [(0.95, 1e-6), (0.9, 1e-2)])
+def test_adadelta_is_algorithm_1(catalog, rho, eps):
+    p0, grads = inputs()
+    got = run(catalog.get("adadelta"), dict(lr=1.0, rho=rho, eps=eps), p0, grads).params
+    close(got, adadelta_algorithm1(p0, grads, rho, eps))
+
+
+# --------------------------------------------------------------- SGD / momentum
+
+
+def sutskever_momentum(theta, grads, lrs, mu, nesterov=False):
+    """Sutskever et al. 2013, Eq. 1-2 (classical momentum) and its Nesterov form as
+    rewritten for the look-ahead-free parameter (Bengio et al. 2013, Eq. 7)."""
+    v = np.zeros_like(theta)
+    out = []
+    for g, eps in zip(grads, lrs):
+        v_new = mu * v - eps * g
+        theta = theta + (mu * v_new - eps * g if nesterov else v_new)
+        v = v_new
+        out.append(theta)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_velocity_momentum_is_sutskever(catalog, nesterov):
+    p0, grads = inputs(steps=8)
+    lrs = [0.1, 0.1, 0.05, 0.05, 0.2, 0.01, 0.01, 0.3]
+    got = run(
+        catalog.get("sgd"), dict(momentum=0.9, nesterov=nesterov), p0, grads, variants=["velocity_momentum"], lr_schedule=lrs
+    ).params
+    close(got, sutskever_momentum(p0, grads, lrs, 0.9, nesterov))
+
+
+def test_sgd_momentum_by_hand(catalog):
+    # PyTorch form: b1 = g = 1, b2 = 0.9 + 1 = 1.9, b3 = 1.71 + 1 = 2.71;
+    # p = 1 - 0.1*1, then - 0.1*1.9, then - 0.1*2.71.
+    traj = run(catalog.get("sgd"), dict(lr=0.1, momentum=0.9), np.array(1.0), np.ones(3))
+    close(traj.state["b"], [1.0, 1.9, 2.71], rtol=1e-15)
+    close(traj.params, [0.9, 0.71, 0.439], rtol=1e-14)
+    # dampening applies from the second step on: b2 = 0.9*1 + 0.5*1
+    damp = run(catalog.get("sgd"), dict(lr=0.1, momentum=0.9, dampening=0.5), np.array(1.0), np.ones(2))
+    close(damp.state["b"], [1.0, 1.4], rtol=1e-15)
+
+
+# --------------------------------------------------------------- Adagrad
+
+
+def adagrad_duchi(x, grads, eta, delta, s0=0.0):
+    """Duchi, Hazan & Singer 2011, Figure 1 (diagonal), composite-mirror form with
+    H_t = delta*I + diag(||g_{1:t,i}||_2): x <- x - eta * g / (delta + sqrt(sum g^2))."""
+    s = np.full_like(x, s0)
+    out = []
+    for g in grads:
+        s = s + g * g
+        x = x - eta * g / (delta + np.sqrt(s))
+        out.append(x)
+    return np.array(out)
+
+
+def test_adagrad_is_duchi_diagonal(catalog):
+    p0, grads = inputs()
+    got = run(catalog.get("adagrad"), dict(lr=0.05, eps=1e-10), p0, grads).params
+    close(got, adagrad_duchi(p0, grads, 0.05, 1e-10))
+
+
+def test_adagrad_lr_decay_and_initial_accumulator_by_hand(catalog):
+    # s = 0.1 + 4 = 4.1; clr1 = 0.5; p1 = 1 - 0.5*2/sqrt(4.1)
+    # s = 4.1 + 4 = 8.1; clr2 = 0.5/(1+0.5) ; p2 = p1 - clr2*2/sqrt(8.1)
+    traj = run(
+        catalog.get("adagrad"),
+        dict(lr=0.5, lr_decay=0.5, initial_accumulator_value=0.1, eps=0.0),
+        np.array([1.0]),
+        np.array([[2.0], [2.0]]),
+    )
+    p1 = 1 - 0.5 * 2 / math.sqrt(4.1)
+    p2 = p1 - (0.5 / 1.5) * 2 / math.sqrt(8.1)
+    close(traj.params[:, 0], [p1, p2], rtol=1e-15)
+    close(traj.state["s"][:, 0], [4.1, 8.1], rtol=1e-15)
+
+
+# --------------------------------------------------------------- RMSprop
+
+
+def test_rmsprop_by_hand(catalog):
+    # Tieleman & Hinton: v = rho*v + (1-rho) g^2; p -= lr*g/(sqrt(v)+eps)
+    traj = run(catalog.get("rmsprop"), dict(lr=0.01, rho=0.9, eps=0.0), np.array([0.0]), np.array([[3.0], [3.0]]))
+    v1, v2 = 0.1 * 9, 0.9 * 0.9 + 0.1 * 9
+    p1 = -0.01 * 3 / math.sqrt(v1)
+    close(traj.params[:, 0], [p1, p1 - 0.01 * 3 / math.sqrt(v2)], rtol=1e-15)
+
+
+def graves_centered(p, grads, lr, rho, eps, mom):
+    """Graves 2013, Eq. 38-45 with PyTorch's placement of eps and lr."""
+    n = np.zeros_like(p)
+    gbar = np.zeros_like(p)
+    b = np.zeros_like(p)
+    out = []
+    for g in grads:
+        n = rho * n + (1 - rho) * g * g
+        gbar = rho * gbar + (1 - rho) * g
+        b = mom * b + g / (np.sqrt(n - gbar * gbar) + eps)
+        p = p - lr * b
+        out.append(p)
+    return np.array(out)
+
+
+def test_rmsprop_centered_momentum(catalog):
+    p0, grads = inputs()
+    got = run(catalog.get("rmsprop"), dict(lr=0.01, rho=0.95, eps=1e-4, momentum=0.9, centered=True), p0, grads).params
+    close(got, graves_centered(p0, grads, 0.01, 0.95, 1e-4, 0.9), rtol=1e-12)
