@@ -40,14 +40,17 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int]] = {
     "clip": (np.clip, 3),
 }
 
-_BINOPS: dict[type, Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.Pow: operator.pow,
+# Arithmetic as numpy ufuncs, so a temporary that only this expression holds
+# can receive the result in place (what numpy's own temporary elision does
+# for ordinary Python expressions, lost once values pass through closures).
+_BINOPS: dict[type, np.ufunc] = {
+    ast.Add: np.add,
+    ast.Sub: np.subtract,
+    ast.Mult: np.multiply,
+    ast.Div: np.true_divide,
+    ast.Pow: np.power,
 }
-_UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+_UNARY: dict[type, np.ufunc] = {ast.USub: np.negative, ast.UAdd: np.positive}
 _COMPARE: dict[type, Callable[[Any, Any], Any]] = {
     ast.Eq: operator.eq,
     ast.NotEq: operator.ne,
@@ -56,6 +59,45 @@ _COMPARE: dict[type, Callable[[Any, Any], Any]] = {
     ast.Gt: operator.gt,
     ast.GtE: operator.ge,
 }
+_PY_BINOPS: dict[np.ufunc, Callable[[Any, Any], Any]] = {
+    np.add: operator.add,
+    np.subtract: operator.sub,
+    np.multiply: operator.mul,
+    np.true_divide: operator.truediv,
+    np.power: operator.pow,
+}
+
+# A node evaluates to (value, fresh): fresh means an ndarray that this
+# evaluation allocated and nobody else references, safe to overwrite.
+Node = Callable[[Env], tuple[Any, bool]]
+
+
+def _apply2(ufunc: np.ufunc, a: Any, fa: bool, b: Any, fb: bool) -> tuple[Any, bool]:
+    if ufunc is np.add:
+        # `x + 0` with the literal integer 0 (a term switched off by a
+        # condition, like weight decay when weight_decay == 0) adds nothing,
+        # as the frameworks' `if weight_decay != 0:` guards do; it also keeps
+        # the sign of a -0.0.
+        if type(b) is int and b == 0:
+            return a, fa
+        if type(a) is int and a == 0:
+            return b, fb
+    a_arr, b_arr = type(a) is np.ndarray, type(b) is np.ndarray
+    if not (a_arr or b_arr):
+        return _PY_BINOPS[ufunc](a, b), False
+    for out, fresh in ((a, fa), (b, fb)):
+        if fresh and out.shape == np.broadcast_shapes(np.shape(a), np.shape(b)) and out.dtype == np.result_type(a, b):
+            return ufunc(a, b, out=out), True
+    result = ufunc(a, b)
+    return result, type(result) is np.ndarray
+
+
+def _apply1(ufunc: np.ufunc, a: Any, fa: bool) -> tuple[Any, bool]:
+    if type(a) is not np.ndarray:
+        return ufunc(a), False
+    if fa:
+        return ufunc(a, out=a), True
+    return ufunc(a), True
 
 
 @dataclass(frozen=True)
@@ -91,11 +133,11 @@ def compile_expression(source: str, known: set[str] | frozenset[str] | None = No
         at = f" at column {col + 1}" if col is not None else ""
         return ExprError(f"{what} is not allowed in {source!r}{at}")
 
-    def build(node: ast.AST) -> Compiled:
+    def build(node: ast.AST) -> Node:
         if isinstance(node, ast.Constant):
             value = node.value
             if isinstance(value, bool) or (isinstance(value, (int, float)) and not isinstance(value, complex)):
-                return lambda env, v=value: v
+                return lambda env, v=value: (v, False)
             raise fail(node, f"constant {value!r}")
         if isinstance(node, ast.Name):
             if node.id in FUNCTIONS:
@@ -106,27 +148,26 @@ def compile_expression(source: str, known: set[str] | frozenset[str] | None = No
                     f" (known: {', '.join(sorted(known))})"
                 )
             names.add(node.id)
-            return lambda env, n=node.id: env[n]
+            return lambda env, n=node.id: (env[n], False)
         if isinstance(node, ast.BinOp):
-            op = _BINOPS.get(type(node.op))
-            if op is None:
+            ufunc = _BINOPS.get(type(node.op))
+            if ufunc is None:
                 raise fail(node, f"operator {type(node.op).__name__}")
             left, right = build(node.left), build(node.right)
-            return lambda env: op(left(env), right(env))
+            return lambda env: _apply2(ufunc, *left(env), *right(env))
         if isinstance(node, ast.UnaryOp):
+            operand = build(node.operand)
             if isinstance(node.op, ast.Not):
-                operand = build(node.operand)
-                return lambda env: not _scalar_truth(operand(env), source)
+                return lambda env: (not _scalar_truth(operand(env)[0], source), False)
             uop = _UNARY.get(type(node.op))
             if uop is None:
                 raise fail(node, f"operator {type(node.op).__name__}")
-            operand = build(node.operand)
-            return lambda env: uop(operand(env))
+            return lambda env: _apply1(uop, *operand(env))
         if isinstance(node, ast.BoolOp):
             parts = [build(v) for v in node.values]
             if isinstance(node.op, ast.And):
-                return lambda env: all(_scalar_truth(p(env), source) for p in parts)
-            return lambda env: any(_scalar_truth(p(env), source) for p in parts)
+                return lambda env: (all(_scalar_truth(p(env)[0], source) for p in parts), False)
+            return lambda env: (any(_scalar_truth(p(env)[0], source) for p in parts), False)
         if isinstance(node, ast.Compare):
             if len(node.ops) != 1:
                 raise fail(node, "a chained comparison")
@@ -134,10 +175,10 @@ def compile_expression(source: str, known: set[str] | frozenset[str] | None = No
             if cmp is None:
                 raise fail(node, f"comparison {type(node.ops[0]).__name__}")
             left, right = build(node.left), build(node.comparators[0])
-            return lambda env: cmp(left(env), right(env))
+            return lambda env: (cmp(left(env)[0], right(env)[0]), False)
         if isinstance(node, ast.IfExp):
             test, body, orelse = build(node.test), build(node.body), build(node.orelse)
-            return lambda env: body(env) if _scalar_truth(test(env), source) else orelse(env)
+            return lambda env: body(env) if _scalar_truth(test(env)[0], source) else orelse(env)
         if isinstance(node, ast.Call):
             if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
                 callee = node.func.id if isinstance(node.func, ast.Name) else "this call"
@@ -148,11 +189,19 @@ def compile_expression(source: str, known: set[str] | frozenset[str] | None = No
             if len(node.args) != arity or any(isinstance(a, ast.Starred) for a in node.args):
                 raise ExprError(f"{node.func.id}() takes {arity} argument(s) in {source!r}")
             args = [build(a) for a in node.args]
-            return lambda env: fn(*(a(env) for a in args))
+            if arity == 1 and isinstance(fn, np.ufunc):
+                only = args[0]
+                return lambda env: _apply1(fn, *only(env))
+
+            def call(env: Env) -> tuple[Any, bool]:
+                result = fn(*(a(env)[0] for a in args))
+                return result, False
+
+            return call
         raise fail(node, type(node).__name__)
 
-    fn = build(tree.body)
-    return Expression(source.strip(), frozenset(names), fn)
+    root = build(tree.body)
+    return Expression(source.strip(), frozenset(names), lambda env: root(env)[0])
 
 
 @dataclass(frozen=True)

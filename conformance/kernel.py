@@ -84,7 +84,7 @@ def run(
 
     with np.errstate(all="ignore"):
         for i in range(steps):
-            g = grads[i].astype(dt)
+            g = grads[i].astype(dt, copy=False)
             touched = None
             if sparse_rows is not None:
                 touched = np.zeros(shape[0], dtype=bool)

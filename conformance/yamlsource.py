@@ -107,6 +107,9 @@ def load_yaml(text: str, file: str | Path) -> Located:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         problem = exc.problem or exc.context or "invalid YAML"
+        ctx = exc.context_mark
+        if exc.problem and exc.context and ctx is not None and mark is not None and ctx.line != mark.line:
+            problem += f" ({exc.context} at line {ctx.line + 1})"
         raise SourceError(file, (), line, f"invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:  # pragma: no cover - unmarked errors are rare
         raise SourceError(file, (), None, f"invalid YAML: {exc}") from None
