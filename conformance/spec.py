@@ -180,7 +180,7 @@ class ModeConfig:
     optimizer: str
     source: str
     args: dict[str, Any]  # native name -> Expression | tuple[Expression, ...]
-    state: dict[str, str]  # native slot -> canonical slot
+    state: dict[str, str]  # native slot -> canonical slot, "-slot" when stored negated
     defaults: dict[str, Any]
     expect: tuple[str, ...]
     unsupported: tuple[tuple[Expression | None, str], ...]
@@ -495,7 +495,9 @@ def _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, sr
             args[native] = expr(args_path + (native,), value, hp_names)
     state = mm.state if mm.state is not None else section.state
     for native, canonical in state.items():
-        if canonical not in state_names:
+        # "-b": the framework stores the negated slot (e.g. a velocity kept
+        # as a negative step); the comparison negates it back.
+        if canonical.removeprefix("-") not in state_names:
             where = mpath if mm.state is not None else base
             raise src.error(where + ("state", native), f"{canonical!r} is not a state slot of this rule")
     defaults = mm.defaults if mm.defaults is not None else section.defaults
