@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -198,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         catalog = load_catalog(args.specs)
         return args.func(args, catalog)
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except SourceError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
     except (KeyError, TypeError, ValueError) as exc:
