@@ -28,3 +28,33 @@ def numpy_dtype(name: str) -> np.dtype:
 def round_to(values, name: str) -> np.ndarray:
     """`values` rounded to the named dtype (nearest, ties to even), held as float64."""
     return np.asarray(values, dtype=np.float64).astype(numpy_dtype(name)).astype(np.float64)
+
+
+#: Precision in bits (with the implicit bit) and the smallest normal exponent
+#: of each format: what `ulp` and the rounding model need.
+PRECISION: dict[str, tuple[int, int]] = {
+    "float16": (11, -14),
+    "bfloat16": (8, -126),
+    "float32": (24, -126),
+    "float64": (53, -1022),
+}
+
+
+def unit_roundoff(name: str) -> float:
+    """u = 2**-p: the largest relative error of one rounding to nearest."""
+    return 2.0 ** -PRECISION[name][0]
+
+
+def ulp(values, name: str) -> np.ndarray:
+    """The spacing of the named format at |values| (float64 result).
+
+    Below the normal range the spacing is that of the subnormals; at 0 it is
+    the smallest subnormal; at inf or nan it is inf.
+    """
+    bits, emin = PRECISION[name]
+    a = np.abs(np.asarray(values, dtype=np.float64))
+    with np.errstate(all="ignore"):
+        _, e = np.frexp(a)  # a = m * 2**e, 0.5 <= m < 1
+        e = np.where(a == 0, emin, np.maximum(e - 1, emin))
+        out = np.ldexp(1.0, e - (bits - 1))
+    return np.where(np.isfinite(a), out, np.inf)

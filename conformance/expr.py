@@ -12,6 +12,7 @@ declare are rejected with the column where they occur.
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -118,8 +119,32 @@ def _scalar_truth(value: Any, source: str) -> bool:
     return bool(value)
 
 
-def compile_expression(source: str, known: set[str] | frozenset[str] | None = None) -> Expression:
-    """Parse and compile `source`; names not in `known` are an error (if given)."""
+#: Key of the rounding function in the environment of a `rounded` expression.
+ROUNDING = "__rounding__"
+
+
+def _rounded_node(node: Node) -> Node:
+    def run(env: Env) -> tuple[Any, bool]:
+        value, fresh = node(env)
+        if type(value) is np.ndarray:
+            return env[ROUNDING](value), True
+        if isinstance(value, np.floating):
+            return env[ROUNDING].scalar(value), False
+        return value, fresh
+
+    return run
+
+
+def compile_expression(
+    source: str, known: set[str] | frozenset[str] | None = None, *, rounded: bool = False
+) -> Expression:
+    """Parse and compile `source`; names not in `known` are an error (if given).
+
+    With `rounded`, the result of every arithmetic operation and function on
+    arrays passes through `env[ROUNDING]` (the tolerance's model of a
+    framework that rounds after each operation), and every scalar result
+    (arithmetic on hyperparameters) through `env[ROUNDING].scalar`.
+    """
     if not isinstance(source, str):
         raise ExprError(f"expected an expression string, got {type(source).__name__}")
     try:
@@ -154,7 +179,8 @@ def compile_expression(source: str, known: set[str] | frozenset[str] | None = No
             if ufunc is None:
                 raise fail(node, f"operator {type(node.op).__name__}")
             left, right = build(node.left), build(node.right)
-            return lambda env: _apply2(ufunc, *left(env), *right(env))
+            binop: Node = lambda env: _apply2(ufunc, *left(env), *right(env))
+            return _rounded_node(binop) if rounded else binop
         if isinstance(node, ast.UnaryOp):
             operand = build(node.operand)
             if isinstance(node.op, ast.Not):
@@ -191,17 +217,24 @@ def compile_expression(source: str, known: set[str] | frozenset[str] | None = No
             args = [build(a) for a in node.args]
             if arity == 1 and isinstance(fn, np.ufunc):
                 only = args[0]
-                return lambda env: _apply1(fn, *only(env))
+                unary: Node = lambda env: _apply1(fn, *only(env))
+                return _rounded_node(unary) if rounded else unary
 
             def call(env: Env) -> tuple[Any, bool]:
                 result = fn(*(a(env)[0] for a in args))
                 return result, False
 
-            return call
+            return _rounded_node(call) if rounded else call
         raise fail(node, type(node).__name__)
 
     root = build(tree.body)
     return Expression(source.strip(), frozenset(names), lambda env: root(env)[0])
+
+
+@functools.lru_cache(maxsize=None)
+def rounded_twin(source: str) -> Expression:
+    """`source` compiled with rounding after every array operation (cached)."""
+    return compile_expression(source, None, rounded=True)
 
 
 @dataclass(frozen=True)

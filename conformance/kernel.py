@@ -14,12 +14,13 @@ exception) and nothing silently promotes a float16 run to float64.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .case import Case
 from .dtypes import numpy_dtype
+from .expr import ROUNDING, rounded_twin
 from .spec import Spec
 
 
@@ -51,6 +52,7 @@ def run(
     lr_schedule: Sequence[float] | None = None,
     sparse_rows: Sequence[Sequence[int]] | None = None,
     compute_dtype: str = "float64",
+    rounding: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Trajectory:
     """Run `spec` (with `variants` applied) from `params` over one gradient per step.
 
@@ -58,12 +60,26 @@ def run(
     are taken as given (round them to the case dtype first: `run_case` does).
     With `sparse_rows`, rows not listed for a step get a zero gradient; under
     lazy semantics they also keep their parameters and state.
+
+    `rounding` (used by the tolerance's noise estimate) is applied to the
+    result of every array operation and to the initial state: a model of a
+    framework computing the same equations in a lower precision.
     """
-    dt = numpy_dtype(compute_dtype)
+    # "longdouble" (x87 extended on x86-64: 64-bit significand, exponents to
+    # 1e-4951) is what the tolerance uses for its reference: intermediates that
+    # a float64 evaluation would take through the subnormal range stay exact.
+    dt = np.dtype(np.longdouble) if compute_dtype == "longdouble" else numpy_dtype(compute_dtype)
     scalar = dt.type
     hp = spec.resolve(hyperparameters)
-    env_base = {name: (v if isinstance(v, bool) else scalar(v)) for name, v in hp.items()}
+    hp_round = getattr(rounding, "hyperparameter", None)
+    env_base = {
+        name: (v if isinstance(v, bool) else scalar(hp_round(v) if hp_round else v)) for name, v in hp.items()
+    }
     equations = spec.equations(tuple(variants))
+    if rounding is not None:
+        equations = tuple((eq.target, rounded_twin(eq.expr.source)) for eq in equations)
+    else:
+        equations = tuple((eq.target, eq.expr) for eq in equations)
     lazy = spec.sparse_semantics(tuple(variants)) == "lazy"
     grads = np.asarray(grads, dtype=np.float64)
     steps = grads.shape[0]
@@ -73,12 +89,21 @@ def run(
         raise ValueError(f"{len(sparse_rows)} row sets for {steps} steps")
 
     p = np.asarray(params, dtype=np.float64).astype(dt)
+    out_shape = p.shape
+    if p.ndim == 0:
+        # numpy turns 0-d arrays into scalars after every operation; a
+        # one-element vector keeps array semantics (and the rounding model).
+        p = p.reshape(1)
+        grads = grads.reshape(steps, 1)
     shape = p.shape
     init_env = dict(env_base, p=p)
     state = {
         name: np.array(np.broadcast_to(expr(init_env), shape), dtype=dt)
         for name, expr in spec.initial_state(tuple(variants)).items()
     }
+    if rounding is not None:
+        init_env[ROUNDING] = rounding
+        state = {name: rounding(value) for name, value in state.items()}
     out_p = np.empty((steps,) + shape, dtype=dt)
     out_state = {name: np.empty((steps,) + shape, dtype=dt) for name in state}
 
@@ -92,10 +117,20 @@ def run(
                 g = np.where(_rows(touched, g.ndim), g, dt.type(0))
             env = dict(env_base, **state)
             env.update(p=p, g=g, t=i + 1)
+            if rounding is not None:
+                env[ROUNDING] = rounding
             if lr_schedule is not None:
-                env["lr"] = scalar(lr_schedule[i])
-            for eq in equations:
-                env[eq.target] = eq.expr(env)
+                env["lr"] = scalar(hp_round(lr_schedule[i]) if hp_round else lr_schedule[i])
+            if rounding is None:
+                for target, expr in equations:
+                    env[target] = expr(env)
+            else:
+                carry = getattr(rounding, "carry", None)
+                for target, expr in equations:
+                    value = expr(env)
+                    if carry is not None and (target == "p" or target in state):
+                        value = carry(np.asarray(value, dtype=np.float64), env[target])
+                    env[target] = value
             new_p = _shaped(env["p"], shape, dt)
             new_state = {name: _shaped(env[name], shape, dt) for name in state}
             if lazy and touched is not None:
@@ -103,9 +138,14 @@ def run(
                 new_p = np.where(keep, new_p, p)
                 new_state = {name: np.where(keep, new_state[name], state[name]) for name in state}
             p, state = new_p, new_state
+            if rounding is not None and hasattr(rounding, "end_step"):
+                rounding.end_step()
             out_p[i] = p
             for name in state:
                 out_state[name][i] = state[name]
+    if out_shape != shape:
+        out_p = out_p.reshape((steps,) + out_shape)
+        out_state = {name: v.reshape((steps,) + out_shape) for name, v in out_state.items()}
     return Trajectory(out_p, out_state)
 
 

@@ -20,12 +20,13 @@ class FrameworkEntry:
     module: str  # the framework's own top-level module
     distributions: tuple[str, ...]  # PyPI names that may provide it, for the version
     title: str
+    devices: tuple[str, ...] = ("cpu", "gpu")  # device names the adapter takes, cpu first
 
 
 FRAMEWORKS: dict[str, FrameworkEntry] = {
     entry.name: entry
     for entry in (
-        FrameworkEntry("torch", "conformance.adapters.torch", "torch", ("torch",), "PyTorch"),
+        FrameworkEntry("torch", "conformance.adapters.torch", "torch", ("torch",), "PyTorch", ("cpu", "cuda")),
         FrameworkEntry(
             "tensorflow",
             "conformance.adapters.tensorflow",

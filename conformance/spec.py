@@ -78,6 +78,20 @@ class Unsupported(_Model):
     modes: list[str] | None = None
 
 
+class KnownIssue(_Model):
+    """A framework bug, established with evidence, reported as known instead of failing.
+
+    Like array-api-tests' expected-failure files: the divergence is still
+    recorded, and an issue that no longer reproduces is reported as stale.
+    """
+
+    reason: str
+    evidence: str
+    modes: list[str] | None = None
+    devices: list[str] | None = None
+    dtypes: list[Literal["float16", "bfloat16", "float32", "float64"]] | None = None
+
+
 class SparseDecl(_Model):
     semantics: Literal["dense", "lazy", "unsupported"]
     note: str | None = None
@@ -99,6 +113,13 @@ class ModeModel(_Model):
     source: str | None = None
     devices: list[str] | None = None
     dtypes: list[Literal["float16", "bfloat16", "float32", "float64"]] | None = None
+    hyperparameter_dtype: Literal["float64", "float32", "tensor"] | None = Field(
+        default=None,
+        description="the precision the framework gives hyperparameters (tensor: the parameter's dtype)",
+    )
+    gradients: Literal["dense", "sparse"] | None = Field(
+        default=None, description="sparse: the mode takes sparse gradients only (e.g. torch.optim.SparseAdam)"
+    )
     note: str | None = None
 
 
@@ -113,6 +134,8 @@ class FrameworkModel(_Model):
     unsupported: list[Unsupported] = Field(default_factory=list)
     sparse: SparseDecl
     note: str | None = None
+    hyperparameter_dtype: Literal["float64", "float32", "tensor"] = "float64"
+    known_issues: list["KnownIssue"] = Field(default_factory=list)
 
     @field_validator("modes")
     @classmethod
@@ -188,6 +211,23 @@ class ModeConfig:
     devices: tuple[str, ...] | None
     dtypes: tuple[str, ...] | None
     note: str | None
+    gradients: str = "dense"
+    hyperparameter_dtype: str = "float64"
+    known_issues: tuple[KnownIssue, ...] = ()
+
+    def known_issue(self, device: str, dtype: str) -> KnownIssue | None:
+        for issue in self.known_issues:
+            if (issue.devices is None or device in issue.devices) and (issue.dtypes is None or dtype in issue.dtypes):
+                return issue
+        return None
+
+    @property
+    def lr_arg(self) -> str | None:
+        """The native argument that carries `lr` itself (set per step by a schedule)."""
+        for native, value in self.args.items():
+            if not isinstance(value, tuple) and value.source == "lr":
+                return native
+        return None
 
     def native_args(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
         """The framework's constructor arguments for canonical hyperparameters."""
@@ -447,8 +487,19 @@ def _build(rule: str, file: str, model: SpecModel, src: Located) -> Spec:
         frameworks=dict(model.frameworks),
         modes=modes,
         tolerance=dict(model.tolerance),
-        cases=tuple(model.cases),
+        cases=tuple(_case_paths(model.cases, file, src)),
     )
+
+
+def _case_paths(cases: list[str], file: str, src: Located) -> list[str]:
+    """Fixed case files, relative to the spec file; each must exist."""
+    out = []
+    for i, name in enumerate(cases):
+        path = (Path(file).parent / name).resolve()
+        if not path.is_file():
+            raise src.error(("cases", i), f"case file {name!r} not found (looked at {path})")
+        out.append(str(path))
+    return out
 
 
 def _equations(
@@ -534,4 +585,7 @@ def _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, sr
         devices=tuple(mm.devices) if mm.devices is not None else None,
         dtypes=tuple(mm.dtypes) if mm.dtypes is not None else None,
         note=mm.note or section.note,
+        gradients=mm.gradients or "dense",
+        hyperparameter_dtype=mm.hyperparameter_dtype or section.hyperparameter_dtype,
+        known_issues=tuple(k for k in section.known_issues if k.modes is None or mode_name in k.modes),
     )

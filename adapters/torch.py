@@ -1,0 +1,143 @@
+"""PyTorch adapter: runs a case through torch.optim's own optimizers.
+
+It knows torch and nothing about update rules: which optimizer to build,
+its native arguments and the state slots to read come in the request (the
+spec's mapping). It knows how torch selects an implementation, which is
+what the modes name:
+
+- `forloop`: `foreach=False`, the per-tensor reference path
+  (torch/optim/*.py `_single_tensor_*`); torch's own default on the CPU;
+- `foreach`: `foreach=True`, the multi-tensor path (`_multi_tensor_*`),
+  torch's default on CUDA;
+- `fused`: `fused=True`, one fused kernel (`_fused_*`, CPU and CUDA);
+- any other mode name (e.g. `sparse_adam`) builds the spec's optimizer with
+  no implementation flag.
+
+This module runs in-process or as a worker (conformance/worker.py loads it
+by path), so it imports only the standard library, numpy and torch.
+Requests and results are plain dicts of numbers, strings and numpy arrays;
+`NotImplementedError` means "this framework cannot run this" (a skip with
+the reason), any other exception is a crash.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+import torch
+
+FRAMEWORK = "torch"
+DEVICES = ("cpu", "cuda")
+_MODE_FLAGS = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def describe() -> dict[str, Any]:
+    """Versions and devices, for the run header and to skip absent devices."""
+    cuda = torch.cuda.is_available()
+    devices: dict[str, Any] = {
+        "cpu": {"available": True, "name": platform.processor() or platform.machine()},
+        "cuda": {
+            "available": cuda,
+            "name": torch.cuda.get_device_name(0) if cuda else None,
+            "reason": None if cuda else "CUDA is not available to this torch (torch.cuda.is_available() is False)",
+        },
+    }
+    return {
+        "framework": FRAMEWORK,
+        "versions": {
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "devices": devices,
+    }
+
+
+def _optimizer_class(name: str):
+    if not name.startswith("torch.optim."):
+        raise NotImplementedError(f"{name!r} is not a torch.optim optimizer")
+    obj: Any = torch.optim
+    for part in name.split(".")[2:]:
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise NotImplementedError(f"torch {torch.__version__} has no {name}")
+    return obj
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise NotImplementedError("CUDA is not available to this torch (torch.cuda.is_available() is False)")
+    if name not in DEVICES:
+        raise NotImplementedError(f"unknown torch device {name!r} (known: {', '.join(DEVICES)})")
+    return torch.device(name)
+
+
+def _gradient(g: torch.Tensor, rows: Any) -> torch.Tensor:
+    if rows is None:
+        return g.clone()
+    index = torch.tensor([list(rows)], dtype=torch.int64, device=g.device)
+    return torch.sparse_coo_tensor(index, g[list(rows)], g.shape)
+
+
+def run(request: dict[str, Any]) -> dict[str, Any]:
+    """Build the optimizer, feed one gradient per step, return params and state after each step."""
+    cls = _optimizer_class(request["optimizer"])
+    dtype = _DTYPES.get(request["dtype"])
+    if dtype is None:
+        raise NotImplementedError(f"torch has no dtype {request['dtype']}")
+    device = _device(request["device"])
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in request["args"].items()}
+    args.update(_MODE_FLAGS.get(request["mode"], {}))
+
+    params = np.asarray(request["params"], dtype=np.float64)
+    grads = torch.from_numpy(np.asarray(request["grads"], dtype=np.float64)).to(device=device, dtype=dtype)
+    p = torch.nn.Parameter(torch.from_numpy(params).to(device=device, dtype=dtype))
+    try:
+        opt = cls([p], **args)
+    except (TypeError, ValueError) as exc:
+        # torch validates its arguments in the constructor: the combination
+        # (or the mode's flag) is not offered, which is a skip, not a crash.
+        raise NotImplementedError(f"{request['optimizer']}({_show(args)}) refused: {exc}") from None
+
+    steps = grads.shape[0]
+    lr_arg, schedule = request.get("lr_arg"), request.get("lr_schedule")
+    rows = request.get("sparse_rows")
+    wanted = list(request.get("state", ()))
+    out = torch.empty((steps,) + tuple(p.shape), dtype=dtype, device=device)
+    state_out: dict[str, torch.Tensor] = {}
+    for i in range(steps):
+        if schedule is not None:
+            for group in opt.param_groups:
+                group[lr_arg] = float(schedule[i])
+        p.grad = _gradient(grads[i], rows[i] if rows is not None else None)
+        opt.step()
+        with torch.no_grad():
+            out[i].copy_(p)
+            st = opt.state[p]
+            for name in wanted:
+                value = st.get(name)
+                if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    if name not in state_out:
+                        state_out[name] = torch.full_like(out, float("nan"))
+                    state_out[name][i].copy_(value)
+    return {
+        "params": _numpy(out),
+        "state": {name: _numpy(t) for name, t in state_out.items()},
+    }
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def _show(args: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items())

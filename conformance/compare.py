@@ -1,0 +1,456 @@
+"""The comparison: is a framework's trajectory the rule, a named variant, or neither?
+
+A fixed rtol either hides real divergences or cries wolf on ill-conditioned
+cases (tiny eps, v near zero, a centered variance near zero), so the bound is
+error-aware. For every element of every step and state slot it is
+
+    bound = max(noise_factor * noise, floor_ulps * ulp(reference))
+
+where `noise` is how far rounding alone moves that element: the largest
+distance from the float64 reference among a few runs of the same equations
+under a model of low-precision arithmetic (every array operation rounded to
+the case dtype, once to nearest and then after random relative jitter of up
+to one unit roundoff; see `conformance.kernel.run`, `rounding`). Where even
+a rounded run leaves the finite range (overflow, 0/0) the reference is not
+representable in that dtype and the element is not judged.
+
+Classification of one executed case (`classify`):
+- `conforms`: within the bound of the canonical rule (or of the declared
+  variants and the canonical rule alike: the case does not tell them apart);
+- `known-divergence`: within the bound of the variants the spec declares for
+  the framework (`expect`), and not of the canonical rule;
+- `diverges`: neither; the fingerprint lists every other combination of the
+  spec's variants that does match. A framework that now matches the
+  canonical rule where the spec declares a variant also `diverges`, marked
+  `stale` (the spec no longer describes the framework).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .case import Case
+from .dtypes import PRECISION, numpy_dtype, ulp, unit_roundoff
+from .kernel import run, run_case
+from .spec import Spec
+
+CONFORMS = "conforms"
+KNOWN = "known-divergence"
+DIVERGES = "diverges"
+UNSUPPORTED = "unsupported"
+CRASH = "crash"
+#: Outcomes from worst to best; a cell shows the worst of its cases.
+OUTCOMES = (CRASH, DIVERGES, KNOWN, CONFORMS, UNSUPPORTED)
+FAILING = frozenset({DIVERGES, CRASH})
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    noise_factor: float
+    floor_ulps: float
+    samples: int = 4  # rounded runs: one to nearest, the rest jittered
+
+    def merged(self, override: Any) -> "Tolerance":
+        """This tolerance with a spec's `tolerance.<dtype>` fields applied."""
+        if override is None:
+            return self
+        return Tolerance(
+            noise_factor=override.noise_factor if override.noise_factor is not None else self.noise_factor,
+            floor_ulps=override.floor_ulps if override.floor_ulps is not None else self.floor_ulps,
+            samples=self.samples,
+        )
+
+
+#: Defaults per dtype. The noise estimate comes from a few random samples of
+#: the rounding model, and frameworks order and fuse operations differently
+#: from the spec's equations, so the bound allows several times the sampled
+#: noise; the ulp floor covers results that rounding cannot move at all in
+#: the model (exact operations) but a framework may still compute in another
+#: order.
+DEFAULT_TOLERANCE: dict[str, Tolerance] = {
+    "float64": Tolerance(noise_factor=8.0, floor_ulps=8.0),
+    "float32": Tolerance(noise_factor=8.0, floor_ulps=8.0),
+    "float16": Tolerance(noise_factor=8.0, floor_ulps=4.0),
+    "bfloat16": Tolerance(noise_factor=8.0, floor_ulps=4.0),
+}
+
+
+def tolerance_for(spec: Spec, dtype: str) -> Tolerance:
+    return DEFAULT_TOLERANCE[dtype].merged(spec.tolerance.get(dtype))
+
+
+@dataclass(frozen=True, eq=False)
+class Trajectories:
+    """Parameters and canonical state slots after every step, float64 arrays (steps, *shape)."""
+
+    params: np.ndarray
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """A kernel run of some variants and the per-element bound around it."""
+
+    variants: tuple[str, ...]
+    values: Trajectories
+    bound: Trajectories
+
+
+class Rounding:
+    """The rounding model applied by the kernel to every operation.
+
+    - `__call__` jitters an array result by up to one unit roundoff (when
+      there is a random generator) and rounds it to the case dtype, with
+      its subnormals, underflow to zero and overflow to inf.
+    - `scalar` does the same to arithmetic on hyperparameters
+      (`1 - beta2 ** t`) in the scalar dtype, float64 (frameworks do it in
+      Python floats), where cancellation can cost many ulps.
+    - `carry` models the other way frameworks write the same update: as an
+      increment of the old value (`m + (1 - beta1) * (g - m)` for
+      `beta1 * m + (1 - beta1) * g`, torch/optim/_functional.py
+      sparse_adam), whose rounding error scales with the old value, not the
+      new one: a new state or parameter value gets a jitter of up to
+      u * |old value| as well.
+    - `hyperparameter` rounds each hyperparameter to the precision the
+      framework keeps it in, when a mode declares one
+      (`hyperparameter_dtype`: Keras holds lr in float32; torch's foreach
+      kernels round a Scalar argument to the tensor's dtype).
+    - `taint` marks the elements where an operation gave a nonzero result
+      below the dtype's normal range. There the dtype keeps only a few
+      significant bits (or none), and which intermediate underflows depends
+      on the order of operations (`lr * m / eps` or `lr * (m / eps)`), so
+      the result of the rule is not determined by the dtype: such elements
+      are not judged from that step on, and the count is reported.
+    """
+
+    def __init__(self, dtype: str, rng: np.random.Generator | None, hyperparameter_dtype: str = "float64"):
+        hp_dtype = dtype if hyperparameter_dtype == "tensor" else hyperparameter_dtype
+        scalar_dtype = "float32" if hyperparameter_dtype == "float32" else "float64"
+        self.hp_low = numpy_dtype(hp_dtype)
+        self.low = numpy_dtype(dtype)
+        self.u = unit_roundoff(dtype)
+        self.min_normal = 2.0 ** PRECISION[dtype][1]
+        self.scalar_low = numpy_dtype(scalar_dtype)
+        self.scalar_u = unit_roundoff(scalar_dtype)
+        self.rng = rng
+        self.taint: np.ndarray | None = None
+        self.taint_steps: list[np.ndarray] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.rng is not None:
+            x = x * (1.0 + self.u * self.rng.uniform(-1.0, 1.0, x.shape))
+        with np.errstate(all="ignore"):
+            tiny = (x != 0) & (np.abs(x) < self.min_normal)
+        if tiny.any():
+            self.taint = tiny if self.taint is None else (self.taint | tiny)
+        return x.astype(self.low).astype(x.dtype)
+
+    def hyperparameter(self, value: float) -> float:
+        """A hyperparameter as the framework holds it (`hyperparameter_dtype` of the mode)."""
+        return float(self.hp_low.type(value))
+
+    def scalar(self, x: np.floating) -> np.floating:
+        if self.rng is not None:
+            x = x * (1.0 + self.scalar_u * self.rng.uniform(-1.0, 1.0))
+        return type(x)(self.scalar_low.type(x))
+
+    def carry(self, new: np.ndarray, old: Any) -> np.ndarray:
+        if self.rng is None:
+            return new
+        old = np.asarray(old)
+        with np.errstate(all="ignore"):
+            jitter = self.u * np.abs(old) * self.rng.uniform(-1.0, 1.0, np.broadcast_shapes(new.shape, old.shape))
+            jitter = np.where(np.isfinite(jitter), jitter, 0.0)
+        return (new + jitter).astype(self.low).astype(new.dtype)
+
+    def end_step(self) -> None:
+        self.taint_steps.append(self.taint)
+
+
+def reference(
+    spec: Spec, case: Case, variants: Sequence[str], tol: Tolerance, seed: int = 0, hyperparameter_dtype: str = "float64"
+) -> Reference:
+    """The reference run of `variants` and its bound, both float64.
+
+    The reference itself is computed in long double where the platform has
+    it (see `conformance.kernel.run`), and so are the rounded runs, whose
+    every operation is then rounded to the case dtype, float64 included.
+    """
+    variants = tuple(variants)
+    exact = run_case(spec, case, variants, compute_dtype="longdouble")
+    rng = np.random.default_rng(seed)
+    with np.errstate(all="ignore"):
+        noise_p = np.zeros(exact.params.shape)
+        noise_s = {k: np.zeros(v.shape) for k, v in exact.state.items()}
+        taint = np.zeros(exact.params.shape, dtype=bool)
+        for i in range(max(tol.samples, 1)):
+            rounding = Rounding(case.dtype, rng if i else None, hyperparameter_dtype)
+            rounded = run_case_rounded(spec, case, variants, rounding)
+            noise_p = _worse(noise_p, exact.params, rounded.params)
+            for k in noise_s:
+                noise_s[k] = _worse(noise_s[k], exact.state[k], rounded.state[k])
+            for step, mask in enumerate(rounding.taint_steps):
+                if mask is not None:
+                    # (a scalar parameter runs as a one-element vector in the kernel)
+                    m = mask.reshape(taint.shape[1:]) if mask.size == taint[step].size else np.broadcast_to(mask, taint.shape[1:])
+                    taint[step] |= m
+        params = exact.params.astype(np.float64)
+        state = {k: v.astype(np.float64) for k, v in exact.state.items()}
+        bound_p = _bound(params, noise_p, tol, case.dtype)
+        bound_s = {k: _bound(state[k], noise_s[k], tol, case.dtype) for k in noise_s}
+        # An element whose computation left the dtype's normal range (in any
+        # slot: the parameter feeds the state through weight decay, the state
+        # feeds the parameter) is not judged in any slot from then on.
+        for b in (bound_p, *bound_s.values()):
+            taint |= ~np.isfinite(b)
+        taint = np.logical_or.accumulate(taint, axis=0)
+        bound_p = np.where(taint, np.inf, bound_p)
+        bound_s = {k: np.where(taint, np.inf, b) for k, b in bound_s.items()}
+    return Reference(variants, Trajectories(params, state), Trajectories(bound_p, bound_s))
+
+
+def run_case_rounded(spec: Spec, case: Case, variants: tuple[str, ...], rounding: Rounding):
+    return run(
+        spec,
+        case.hyperparameters,
+        case.params,
+        case.grads,
+        variants=variants,
+        lr_schedule=case.lr_schedule,
+        sparse_rows=case.sparse_rows,
+        compute_dtype="longdouble",
+        rounding=rounding,
+    )
+
+
+def _worse(noise: np.ndarray, exact: np.ndarray, rounded: np.ndarray) -> np.ndarray:
+    diff = np.abs(rounded - exact)
+    same = (rounded == exact) | (np.isnan(rounded) & np.isnan(exact))
+    # Non-finite where the exact run is finite (or the reverse): the dtype
+    # cannot represent this element's computation; mark it unjudgeable.
+    diff = np.where(same, 0.0, np.where(np.isfinite(diff), diff, np.inf))
+    return np.maximum(noise, diff.astype(np.float64))
+
+
+def _bound(exact: np.ndarray, noise: np.ndarray, tol: Tolerance, dtype: str) -> np.ndarray:
+    return np.maximum(tol.noise_factor * noise, tol.floor_ulps * ulp(exact, dtype))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How an observed trajectory sits against one reference."""
+
+    ok: bool
+    max_abs_error: float
+    max_rel_error: float
+    max_ulp_error: float
+    margin: float  # largest error / bound (<= 1 everywhere when ok)
+    bad_elements: int
+    first_divergent_step: int | None = None  # 1-based
+    slot: str | None = None  # "p" or a state slot
+    element: tuple[int, ...] | None = None
+    observed_value: float | None = None
+    expected_value: float | None = None
+    bound_value: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "max_abs_error": _num(self.max_abs_error),
+            "max_rel_error": _num(self.max_rel_error),
+            "max_ulp_error": _num(self.max_ulp_error),
+            "margin": _num(self.margin),
+            "bad_elements": self.bad_elements,
+            "first_divergent_step": self.first_divergent_step,
+            "slot": self.slot,
+            "element": list(self.element) if self.element is not None else None,
+            "observed": _num(self.observed_value),
+            "expected": _num(self.expected_value),
+            "bound": _num(self.bound_value),
+        }
+
+
+def _num(x: float | None) -> float | str | None:
+    """JSON has no inf/nan: write them as strings."""
+    if x is None:
+        return None
+    x = float(x)
+    if np.isfinite(x):
+        return x
+    return "nan" if np.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def compare(observed: Trajectories, ref: Reference, dtype: str) -> Comparison:
+    slots: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = [
+        ("p", observed.params, ref.values.params, ref.bound.params)
+    ]
+    for name, values in observed.state.items():
+        if name in ref.values.state:
+            slots.append((name, values, ref.values.state[name], ref.bound.state[name]))
+    max_abs = max_rel = max_ulp = margin = 0.0
+    bad_total = 0
+    first: tuple[int, float, str, tuple[int, ...], float, float, float] | None = None
+    with np.errstate(all="ignore"):
+        for name, obs, exp, bound in slots:
+            obs = np.asarray(obs, dtype=np.float64)
+            if obs.shape != exp.shape:
+                raise ValueError(f"slot {name}: the framework gave shape {obs.shape}, the reference has {exp.shape}")
+            diff = np.abs(obs - exp)
+            same = (obs == exp) | (np.isnan(obs) & np.isnan(exp))
+            diff = np.where(same, 0.0, diff)
+            diff = np.where(np.isnan(diff), np.inf, diff)  # nan vs number, or inf vs -inf
+            judged = np.isfinite(bound)
+            bad = judged & (diff > bound)
+            d = np.where(judged, diff, 0.0)
+            if d.size:
+                max_abs = max(max_abs, float(d.max()))
+                rel = d / np.abs(exp)
+                rel = np.where(d == 0, 0.0, rel)
+                max_rel = max(max_rel, float(np.nanmax(rel)))
+                max_ulp = max(max_ulp, float((d / ulp(exp, dtype)).max()))
+                ratio = np.where(d == 0, 0.0, d / bound)
+                margin = max(margin, float(np.nanmax(ratio)))
+            n_bad = int(bad.sum())
+            bad_total += n_bad
+            if n_bad:
+                step = int(np.argmax(bad.reshape(bad.shape[0], -1).any(axis=1)))
+                if first is None or step < first[0]:
+                    row_ratio = np.where(bad[step], diff[step] / bound[step], -1.0)
+                    flat = int(np.argmax(row_ratio))
+                    idx = tuple(int(i) for i in np.unravel_index(flat, bad.shape[1:])) if bad.ndim > 1 else ()
+                    first = (step, 0.0, name, idx, float(obs[step][idx]), float(exp[step][idx]), float(bound[step][idx]))
+    if first is None:
+        return Comparison(True, max_abs, max_rel, max_ulp, margin, 0)
+    step, _, name, idx, o, e, b = first
+    return Comparison(False, max_abs, max_rel, max_ulp, margin, bad_total, step + 1, name, idx, o, e, b)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str
+    expected: tuple[str, ...]  # the declared variants (empty: canonical)
+    matched_variant: tuple[str, ...] | None  # what the framework was found to follow
+    against_expected: Comparison
+    against_canonical: Comparison | None
+    fingerprint: tuple[tuple[str, ...], ...] = ()  # every other combination that matches
+    stale: bool = False
+    explanation: str = ""
+    known_issue: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "expected": list(self.expected),
+            "matched_variant": _variant_name(self.matched_variant),
+            "fingerprint": [_variant_name(f) for f in self.fingerprint],
+            "stale": self.stale,
+            "explanation": self.explanation,
+            "known_issue": self.known_issue,
+            "against_expected": self.against_expected.to_json(),
+            "against_canonical": self.against_canonical.to_json() if self.against_canonical else None,
+        }
+
+
+def _variant_name(variants: tuple[str, ...] | None) -> str | None:
+    if variants is None:
+        return None
+    return "+".join(variants) if variants else "canonical"
+
+
+def classify(
+    spec: Spec,
+    case: Case,
+    expected: Sequence[str],
+    observed: Trajectories,
+    *,
+    fingerprint: bool = True,
+    tol: Tolerance | None = None,
+    hyperparameter_dtype: str = "float64",
+    known_issue: Any = None,
+) -> Verdict:
+    """Classify one case's observed trajectory (see the module docstring)."""
+    tol = tol or tolerance_for(spec, case.dtype)
+    expected = tuple(expected)
+
+    def ref_of(variants: tuple[str, ...]) -> Reference:
+        return reference(spec, case, variants, tol, hyperparameter_dtype=hyperparameter_dtype)
+
+    vs_expected = compare(observed, ref_of(expected), case.dtype)
+    vs_canonical = None
+    if expected:
+        vs_canonical = compare(observed, ref_of(()), case.dtype)
+    if vs_expected.ok:
+        if not expected:
+            return Verdict(CONFORMS, expected, (), vs_expected, None, explanation="matches the canonical rule")
+        if vs_canonical is not None and vs_canonical.ok:
+            return Verdict(
+                CONFORMS,
+                expected,
+                (),
+                vs_expected,
+                vs_canonical,
+                explanation=f"matches the canonical rule and the declared {_variant_name(expected)} alike (this case does not tell them apart)",
+            )
+        return Verdict(
+            KNOWN, expected, expected, vs_expected, vs_canonical,
+            explanation=f"follows the declared variant {_variant_name(expected)}",
+        )
+    stale = bool(expected) and vs_canonical is not None and vs_canonical.ok
+    found: tuple[tuple[str, ...], ...] = ((),) if stale else ()
+    if fingerprint and not stale:
+        found = search_variants(spec, case, observed, exclude=expected, ref_of=ref_of)
+    where = (
+        f"step {vs_expected.first_divergent_step}, {vs_expected.slot}"
+        f"{list(vs_expected.element) if vs_expected.element else ''}:"
+        f" got {vs_expected.observed_value!r}, expected {vs_expected.expected_value!r}"
+        f" within {vs_expected.bound_value!r}"
+    )
+    if stale:
+        text = (
+            f"matches the canonical rule, not the declared {_variant_name(expected)}: the spec is stale ({where})"
+        )
+    elif found:
+        text = f"matches {', '.join(_variant_name(f) for f in found)} instead of {_variant_name(expected)} ({where})"
+    else:
+        text = f"matches no known variant ({where})"
+    if known_issue is not None and not stale:
+        return Verdict(
+            KNOWN, expected, None, vs_expected, vs_canonical, found, False,
+            f"known issue: {known_issue.reason} ({where})", known_issue=known_issue.reason,
+        )
+    return Verdict(
+        DIVERGES, expected, found[0] if len(found) == 1 else None, vs_expected, vs_canonical, found, stale, text
+    )
+
+
+def search_variants(
+    spec: Spec,
+    case: Case,
+    observed: Trajectories,
+    *,
+    exclude: tuple[str, ...] = (),
+    ref_of: Any,
+    max_size: int = 3,
+) -> tuple[tuple[str, ...], ...]:
+    """Every minimal combination of the spec's variants (in spec order) that matches."""
+    names = [n for n in spec.variants if n != "lazy" or case.sparse_rows is not None]
+    found: list[tuple[str, ...]] = []
+    candidates: list[tuple[str, ...]] = [()] if exclude else []
+    for size in range(1, min(max_size, len(names)) + 1):
+        candidates += list(itertools.combinations(names, size))
+    for combo in candidates:
+        if combo == exclude or any(set(f) <= set(combo) for f in found if f):
+            continue
+        if () in found:
+            break
+        try:
+            ref = ref_of(combo)
+        except Exception:  # a combination whose equations do not compose
+            continue
+        if compare(observed, ref, case.dtype).ok:
+            found.append(combo)
+    return tuple(found)

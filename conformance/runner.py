@@ -1,0 +1,403 @@
+"""The differential engine: cells, cases through adapters, verdicts, records.
+
+A cell is one rule x framework x mode x device x dtype (`adam[torch-foreach-
+cpu-float32]`). Running a cell runs its spec's fixed cases first (known
+counterexamples pinned in the spec), then hypothesis-generated cases, each
+through the framework's adapter and the reference kernel, and records every
+executed case. The pytest plugin and `conformance run` both drive cells
+through `run_cell`; neither knows anything about a particular framework.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from hypothesis import HealthCheck, Phase, given, seed as hseed, settings as hsettings
+from hypothesis.errors import HypothesisException
+
+from . import strategies
+from .case import Case
+from .catalog import Catalog
+from .compare import CONFORMS, CRASH, FAILING, KNOWN, OUTCOMES, UNSUPPORTED, Trajectories, Verdict, classify
+from .dtypes import DTYPES, round_to
+from .registry import FRAMEWORKS
+from .spec import ModeConfig, Spec
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    rule: str
+    framework: str
+    mode: str
+    device: str
+    dtype: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.rule}[{self.param_id}]"
+
+    @property
+    def param_id(self) -> str:
+        return f"{self.framework}-{self.mode}-{self.device}-{self.dtype}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"rule": self.rule, "framework": self.framework, "mode": self.mode, "device": self.device, "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How hard to look: examples per cell and the size of each case."""
+
+    name: str
+    max_examples: int
+    max_steps: int = 20
+    max_size: int = 32
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile("ci", max_examples=20),
+    "dev": Profile("dev", max_examples=60),
+    "thorough": Profile("thorough", max_examples=400, max_steps=30, max_size=64),
+}
+DEFAULT_PROFILE = "ci"
+
+
+@dataclass(frozen=True)
+class Selection:
+    rules: tuple[str, ...] | None = None
+    frameworks: tuple[str, ...] | None = None
+    modes: tuple[str, ...] | None = None
+    devices: tuple[str, ...] | None = None
+    dtypes: tuple[str, ...] | None = None
+
+    def keeps(self, cell: Cell) -> bool:
+        return all(
+            sel is None or value in sel
+            for sel, value in (
+                (self.rules, cell.rule),
+                (self.frameworks, cell.framework),
+                (self.modes, cell.mode),
+                (self.devices, cell.device),
+                (self.dtypes, cell.dtype),
+            )
+        )
+
+
+def enumerate_cells(catalog: Catalog, selection: Selection = Selection()) -> list[Cell]:
+    """Every cell the specs define, filtered by `selection`, in a stable order."""
+    out = []
+    for spec in catalog:
+        for (fw, mode_name), mode in spec.modes.items():
+            devices = mode.devices or FRAMEWORKS[fw].devices
+            dtypes = mode.dtypes or tuple(DTYPES)
+            for device in devices:
+                for dtype in dtypes:
+                    cell = Cell(spec.rule, fw, mode_name, device, dtype)
+                    if selection.keeps(cell):
+                        out.append(cell)
+    return sorted(out, key=lambda c: (c.rule, list(FRAMEWORKS).index(c.framework), c.mode, c.device, c.dtype))
+
+
+def shard(cells: Sequence[Cell], k: int, n: int) -> list[Cell]:
+    """Shard K of N (1-based): a stable split by the cell id, independent of the selection order."""
+    if not 1 <= k <= n:
+        raise ValueError(f"shard {k}/{n}: K must be between 1 and N")
+    return [c for c in cells if zlib.crc32(c.id.encode()) % n == k - 1]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes K/N, e.g. 2/4; got {text!r}") from None
+    if not 1 <= k <= n:
+        raise ValueError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+# ---------------------------------------------------------------------------
+# One case
+
+
+@dataclass
+class Record:
+    """One executed case: what ran and what came out (a line of results.jsonl)."""
+
+    cell: Cell
+    outcome: str
+    reason: str = ""
+    kind: str = "generated"  # "fixed" | "generated"
+    source: str | None = None  # the fixed case's file
+    phase: str = "generate"  # "generate" | "shrink" | "minimal"
+    verdict: Verdict | None = None
+    case: Case | None = None
+    detail: str = ""
+    seconds: float = 0.0
+    framework_seconds: float = 0.0
+
+    @property
+    def failing(self) -> bool:
+        return self.outcome in FAILING
+
+    @property
+    def margin(self) -> float:
+        if self.verdict is None:
+            return 0.0
+        return self.verdict.against_expected.margin
+
+    def to_json(self, with_case: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "cell": self.cell.id,
+            **self.cell.to_json(),
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "kind": self.kind,
+            "phase": self.phase,
+            "seconds": round(self.seconds, 6),
+            "framework_seconds": round(self.framework_seconds, 6),
+        }
+        if self.source:
+            out["source"] = self.source
+        if self.case is not None:
+            out["steps"] = self.case.steps
+            out["shape"] = list(self.case.shape)
+            out["hyperparameters"] = self.case.hyperparameters
+            out["lr_schedule"] = self.case.lr_schedule is not None
+        if self.verdict is not None:
+            out.update(self.verdict.to_json())
+            v = self.verdict.against_expected
+            out["first_divergent_step"] = v.first_divergent_step
+            out["max_abs_error"] = v.to_json()["max_abs_error"]
+            out["max_rel_error"] = v.to_json()["max_rel_error"]
+            out["max_ulp_error"] = v.to_json()["max_ulp_error"]
+        if self.detail:
+            out["detail"] = self.detail[-4000:]
+        if with_case and self.case is not None:
+            out["case"] = self.case.to_dict()
+        return out
+
+
+def build_request(spec: Spec, mode: ModeConfig, case: Case) -> dict[str, Any]:
+    """The adapter's request: native constructor arguments and plain arrays."""
+    hp = spec.resolve(case.hyperparameters)
+    return {
+        "optimizer": mode.optimizer,
+        "args": {k: list(v) if isinstance(v, tuple) else v for k, v in mode.native_args(hp).items()},
+        "mode": mode.mode,
+        "device": case.device,
+        "dtype": case.dtype,
+        "params": case.params,
+        "grads": case.grads,
+        "lr_arg": mode.lr_arg,
+        "lr_schedule": list(case.lr_schedule) if case.lr_schedule is not None else None,
+        "state": list(mode.state),
+        "sparse_rows": [list(r) for r in case.sparse_rows] if case.sparse_rows is not None else None,
+    }
+
+
+def observed_trajectories(mode: ModeConfig, result: dict[str, Any], steps: int, shape: tuple[int, ...]) -> Trajectories:
+    """The adapter's result in canonical names (a `-slot` mapping is negated back)."""
+    params = np.asarray(result["params"], dtype=np.float64)
+    if params.shape != (steps,) + shape:
+        raise ValueError(f"the adapter returned parameters of shape {params.shape}, expected {(steps,) + shape}")
+    state = {}
+    for native, values in (result.get("state") or {}).items():
+        canonical = mode.state.get(native)
+        if canonical is None:
+            continue
+        a = np.asarray(values, dtype=np.float64)
+        if canonical.startswith("-"):
+            canonical, a = canonical[1:], -a
+        state[canonical] = a
+    return Trajectories(params, state)
+
+
+def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | None = None, fingerprint: bool = True) -> Record:
+    """Run one case through the framework and judge it. Never raises for a framework's fault."""
+    t0 = time.perf_counter()
+    mode = spec.mode(cell.framework, cell.mode)
+    hp = spec.resolve(case.hyperparameters)
+    why = mode.unsupported_reason(hp)
+    if why is None and case.lr_schedule is not None and mode.lr_arg is None:
+        why = "this mode's learning rate cannot be set per step (no native argument maps to lr)"
+    if why is None and mode.gradients == "sparse" and case.sparse_rows is None:
+        why = f"{mode.optimizer} takes sparse gradients only; this case is dense"
+    if why is not None:
+        return Record(cell, UNSUPPORTED, why, case=case, seconds=time.perf_counter() - t0)
+    answer = host.run(build_request(spec, mode, case), timeout)
+    if answer.status == "unsupported":
+        return Record(cell, UNSUPPORTED, answer.reason, case=case, seconds=time.perf_counter() - t0, framework_seconds=answer.seconds)
+    if answer.status != "ok":
+        return Record(cell, CRASH, answer.reason, case=case, detail=answer.detail, seconds=time.perf_counter() - t0, framework_seconds=answer.seconds)
+    try:
+        observed = observed_trajectories(mode, answer.result, case.steps, case.shape)
+    except (KeyError, TypeError, ValueError) as exc:
+        return Record(cell, CRASH, f"the adapter's answer is malformed: {exc}", case=case, seconds=time.perf_counter() - t0)
+    verdict = classify(
+        spec,
+        case,
+        mode.expect,
+        observed,
+        fingerprint=fingerprint,
+        hyperparameter_dtype=mode.hyperparameter_dtype,
+        known_issue=mode.known_issue(cell.device, cell.dtype),
+    )
+    return Record(
+        cell,
+        verdict.outcome,
+        verdict.explanation,
+        verdict=verdict,
+        case=case,
+        seconds=time.perf_counter() - t0,
+        framework_seconds=answer.seconds,
+    )
+
+
+def retarget(case: Case, cell: Cell) -> Case:
+    """A fixed (framework-neutral) case as a case of this cell: inputs rounded to its dtype."""
+    return replace(
+        case,
+        framework=cell.framework,
+        mode=cell.mode,
+        device=cell.device,
+        dtype=cell.dtype,
+        variant=(),
+        params=round_to(case.params, cell.dtype),
+        grads=round_to(case.grads, cell.dtype),
+    )
+
+
+# ---------------------------------------------------------------------------
+# One cell
+
+
+class CaseFailed(AssertionError):
+    """Raised inside hypothesis for `diverges` and `crash`, so that it shrinks."""
+
+    def __init__(self, record: Record):
+        super().__init__(record.reason)
+        self.record = record
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    records: list[Record] = field(default_factory=list)
+    skipped: str | None = None  # the whole cell did not run, and why
+    minimal: Record | None = None  # the shrunk failing case
+    error: str | None = None  # hypothesis itself failed (health check, flaky)
+    seconds: float = 0.0
+
+    @property
+    def outcome(self) -> str:
+        if self.error:
+            return CRASH
+        counted = [r.outcome for r in self.records if r.phase != "shrink"]
+        if self.skipped or not counted:
+            return UNSUPPORTED
+        return min(counted, key=OUTCOMES.index)
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in FAILING
+
+
+Sink = Callable[[Record], None]
+
+
+def run_cell(
+    spec: Spec,
+    cell: Cell,
+    host: Any,
+    *,
+    profile: Profile,
+    seed: int,
+    sink: Sink | None = None,
+    examples: int | None = None,
+    timeout: float | None = None,
+    database: Any = "default",
+) -> CellResult:
+    """Fixed cases, then generated ones; failures shrink to the smallest case."""
+    t0 = time.perf_counter()
+    result = CellResult(cell)
+    mode = spec.mode(cell.framework, cell.mode)
+
+    def keep(record: Record) -> None:
+        result.records.append(record)
+        if sink is not None:
+            sink(record)
+
+    described = host.describe()
+    if described.status != "ok":
+        result.skipped = None
+        keep(Record(cell, CRASH, f"the {cell.framework} adapter cannot start: {described.reason}", detail=described.detail))
+        result.seconds = time.perf_counter() - t0
+        return result
+    device = (described.result.get("devices") or {}).get(cell.device) or {}
+    if not device.get("available"):
+        result.skipped = device.get("reason") or f"device {cell.device} is not available to {cell.framework}"
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    for path in spec.cases:
+        case = retarget(Case.load(path), cell)
+        record = execute(spec, cell, case, host, timeout=timeout)
+        record.kind, record.source = "fixed", path
+        keep(record)
+
+    state = {"failed": False, "hung": None}
+
+    def check(case: Case) -> None:
+        if state["hung"] is not None:
+            # The framework hung on an earlier case of this cell; running
+            # more would only wait out more timeouts.
+            raise CaseFailed(replace(state["hung"], case=case, phase="shrink"))
+        record = execute(spec, cell, case, host, timeout=timeout, fingerprint=not state["failed"])
+        record.phase = "shrink" if state["failed"] else "generate"
+        keep(record)
+        if record.failing:
+            if record.outcome == CRASH and record.reason.startswith("hung"):
+                state["hung"] = record
+            state["failed"] = True
+            raise CaseFailed(record)
+
+    n = examples if examples is not None else profile.max_examples
+    limits = strategies.Limits(profile.max_steps, profile.max_size)
+    strategy = strategies.cases(spec, mode, device=cell.device, dtype=cell.dtype, limits=limits)
+    kwargs: dict[str, Any] = dict(
+        max_examples=n,
+        deadline=None,
+        derandomize=False,
+        print_blob=False,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example, HealthCheck.filter_too_much],
+        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+    )
+    if database != "default":
+        kwargs["database"] = database
+    test = hseed(seed)(hsettings(**kwargs)(given(strategy)(check)))
+    # Each cell keeps its own entries in the example database.
+    test.hypothesis.inner_test._hypothesis_internal_add_digest = cell.id.encode()
+    if n > 0:
+        try:
+            test()
+        except CaseFailed as failure:
+            minimal = replace(failure.record, phase="minimal")
+            if minimal.verdict is not None and not minimal.verdict.fingerprint and minimal.outcome != CRASH:
+                # Shrink-phase records skip the fingerprint search; do it for the minimal case.
+                minimal = execute(spec, cell, minimal.case, host, timeout=timeout)
+                minimal.phase = "minimal"
+            result.minimal = minimal
+            keep(minimal)
+        except HypothesisException as exc:
+            result.error = f"hypothesis: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug of ours must not end the run either
+            import traceback
+
+            result.error = f"{type(exc).__name__}: {exc}"
+            keep(Record(cell, CRASH, f"harness error: {result.error}", detail=traceback.format_exc()))
+    result.seconds = time.perf_counter() - t0
+    return result

@@ -1,0 +1,185 @@
+"""Hypothesis strategies derived from a spec: cases for one cell.
+
+Everything a case needs is drawn in an order that shrinks well: the number
+of steps first (towards 1), then the shape (towards a scalar, then small
+tensors), then the hyperparameters (towards the canonical defaults), then
+the values (towards plain numbers in [-2, 2]).
+
+- Hyperparameters come from each one's `domain` (log scale where declared)
+  with priority for the special values: zero and the others the spec lists,
+  the canonical default and the framework's native default.
+- Values have edge cases per tensor: zeros (a zero gradient step), tiny and
+  huge magnitudes, mixed signs and subnormals, with ranges per dtype chosen
+  so that the ordinary math of the rules (g*g) stays inside the format
+  (float16 overflows at 65504: no "huge" float16 gradient beyond 100).
+- Part of the examples carry a per-step learning rate (it exposes where a
+  framework keeps lr: inside a momentum buffer or outside).
+- A mode that takes sparse gradients only gets a 2-d parameter and, per
+  step, the set of rows the gradient touches.
+- Options a framework does not support are mostly repaired (the names in the
+  firing `unsupported` condition go back to their defaults) so that most
+  examples run; one in sixteen is kept as drawn, to exercise the skip.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from .case import Case
+from .dtypes import round_to
+from .spec import ModeConfig, Spec
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_steps: int = 20
+    max_size: int = 32  # elements per tensor
+
+
+# Magnitude ranges (log10 low, log10 high) of the edge-case tensors.
+_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "float64": {"tiny": (-30, -6), "huge": (3, 6), "subnormal": (-320, -309)},
+    "float32": {"tiny": (-30, -6), "huge": (3, 6), "subnormal": (-44, -39)},
+    "bfloat16": {"tiny": (-30, -6), "huge": (3, 6), "subnormal": (-40, -39)},
+    "float16": {"tiny": (-4, -2), "huge": (1, 2), "subnormal": (-7, -4.3)},
+}
+_KINDS = ("normal", "zeros", "mixed", "tiny", "huge")
+
+
+def _magnitude(lo: float, hi: float) -> st.SearchStrategy[float]:
+    return st.builds(
+        lambda e, neg: (-1.0 if neg else 1.0) * 10.0**e,
+        st.floats(lo, hi, allow_nan=False, allow_infinity=False),
+        st.booleans(),
+    )
+
+
+def _elements(kind: str, dtype: str) -> st.SearchStrategy[float]:
+    ranges = _RANGES[dtype]
+    normal = st.floats(-2.0, 2.0, allow_nan=False, allow_infinity=False)
+    if kind == "normal":
+        return normal
+    if kind == "mixed":
+        return st.one_of(
+            normal,
+            st.just(0.0),
+            _magnitude(*ranges["tiny"]),
+            _magnitude(*ranges["huge"]),
+            _magnitude(*ranges["subnormal"]),
+        )
+    return _magnitude(*ranges[kind])
+
+
+@st.composite
+def tensors(draw, shape: tuple[int, ...], dtype: str, allow_zero: bool = True) -> np.ndarray:
+    """One tensor of `shape`, rounded to `dtype` (held as float64)."""
+    kinds = _KINDS if allow_zero else tuple(k for k in _KINDS if k != "zeros")
+    kind = draw(st.sampled_from(kinds))
+    if kind == "zeros":
+        return np.zeros(shape)
+    a = draw(hnp.arrays(np.float64, shape, elements=_elements(kind, dtype)))
+    return round_to(a, dtype)
+
+
+@st.composite
+def shapes(draw, max_size: int) -> tuple[int, ...]:
+    """Scalar, vector, matrix or 3-d tensor with at most `max_size` elements."""
+    rank = draw(st.sampled_from((0, 1, 2, 3)))
+    dims: list[int] = []
+    room = max_size
+    for _ in range(rank):
+        d = draw(st.integers(1, max(1, room)))
+        dims.append(d)
+        room = max(1, room // d)
+    return tuple(dims)
+
+
+def hyperparameter(spec: Spec, name: str, native_default: Any = None) -> st.SearchStrategy[Any]:
+    hp = spec.hyperparameters[name]
+    if isinstance(hp.default, bool):
+        return st.booleans()
+    specials: list[float] = [float(hp.default)]
+    dom = hp.domain
+    if dom is not None:
+        specials += [float(v) for v in dom.special]
+    if isinstance(native_default, (int, float)) and not isinstance(native_default, bool):
+        specials.append(float(native_default))
+    specials = list(dict.fromkeys(specials))
+    if dom is None:
+        return st.sampled_from(specials)
+    if dom.log:
+        ranged = st.floats(math.log10(dom.low), math.log10(dom.high)).map(lambda e: float(10.0**e))
+    else:
+        ranged = st.floats(dom.low, dom.high, allow_nan=False, allow_infinity=False)
+    return st.one_of(st.sampled_from(specials), ranged)
+
+
+@st.composite
+def hyperparameters(draw, spec: Spec, mode: ModeConfig) -> dict[str, Any]:
+    hp = {name: draw(hyperparameter(spec, name, mode.defaults.get(name))) for name in spec.hyperparameters}
+    keep_as_drawn = draw(st.integers(0, 15)) == 15
+    if not keep_as_drawn:
+        hp = repair(spec, mode, hp)
+    return hp
+
+
+def repair(spec: Spec, mode: ModeConfig, hp: dict[str, Any]) -> dict[str, Any]:
+    """Reset the names of firing `unsupported` conditions to defaults (canonical, then native)."""
+    hp = dict(hp)
+    for defaults in (spec.defaults, {**spec.defaults, **mode.defaults}):
+        fired = [when for when, _ in mode.unsupported if when is not None and bool(when(spec.resolve(hp)))]
+        if not fired:
+            break
+        for when in fired:
+            for name in when.names:
+                if name in hp:
+                    hp[name] = defaults[name]
+    return hp
+
+
+@st.composite
+def cases(draw, spec: Spec, mode: ModeConfig, *, device: str, dtype: str, limits: Limits = Limits()) -> Case:
+    """A case for the cell (spec.rule, mode.framework, mode.mode, device, dtype)."""
+    steps = draw(st.integers(1, limits.max_steps))
+    sparse = mode.gradients == "sparse"
+    if sparse:
+        rows = draw(st.integers(1, max(1, limits.max_size // 2)))
+        cols = draw(st.integers(1, max(1, limits.max_size // rows)))
+        shape: tuple[int, ...] = (rows, cols)
+    else:
+        shape = draw(shapes(limits.max_size))
+    hp = draw(hyperparameters(spec, mode))
+    lr_schedule = None
+    if mode.lr_arg is not None and draw(st.booleans()):
+        lr = hyperparameter(spec, "lr", mode.defaults.get("lr"))
+        lr_schedule = tuple(draw(st.lists(lr, min_size=steps, max_size=steps)))
+    params = draw(tensors(shape, dtype, allow_zero=True))
+    grads = []
+    sparse_rows = [] if sparse else None
+    for _ in range(steps):
+        g = draw(tensors(shape, dtype))
+        if sparse:
+            touched = sorted(draw(st.sets(st.integers(0, shape[0] - 1))))
+            keep = np.zeros(shape[0], dtype=bool)
+            keep[touched] = True
+            g = np.where(keep[:, None], g, 0.0)
+            sparse_rows.append(tuple(touched))
+        grads.append(g)
+    return Case(
+        rule=spec.rule,
+        dtype=dtype,
+        params=params,
+        grads=np.stack(grads),
+        hyperparameters=hp,
+        framework=mode.framework,
+        mode=mode.mode,
+        device=device,
+        lr_schedule=lr_schedule,
+        sparse_rows=tuple(sparse_rows) if sparse_rows is not None else None,
+    )
