@@ -19,6 +19,7 @@ from . import __version__
 from .catalog import Catalog, load_catalog, spec_files
 from .registry import FRAMEWORKS, REFERENCE, availability
 from .spec import load_spec
+from .session import add_options
 from .yamlsource import SourceError
 
 EXIT_USAGE = 2
@@ -52,11 +53,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH", help="spec files or directories to validate as well")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("replay", help="replay one case file and print its trajectory")
+    p = sub.add_parser("replay", help="replay one case file (reference or framework) and print the outcome")
     _common(p)
     p.add_argument("case", metavar="CASE.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--isolation", choices=("worker", "inprocess"), default="worker", help="where the framework runs")
+    p.add_argument("--python", action="append", default=None, metavar="FRAMEWORK=PYTHON", help="the framework's worker interpreter")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("run", help="run the conformance cells and write results, summary and report")
+    _common(p)
+    add_options(p.add_argument)
+    p.add_argument("--out", metavar="DIR", help="results directory (default: reports/<run-id>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("merge", help="merge result directories (shards, machines) into one summary and report")
+    p.add_argument("dirs", nargs="+", metavar="RESULTS_DIR")
+    p.add_argument("-o", "--out", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_merge, specs=[])
+
+    p = sub.add_parser("report", help="write index.html (and summary.json) for result directories")
+    p.add_argument("dirs", nargs="+", metavar="RESULTS_DIR")
+    p.add_argument("-o", "--out", metavar="DIR", help="where to write (default: the first directory)")
+    p.set_defaults(func=cmd_merge, specs=[])
     return parser
 
 
@@ -137,7 +157,7 @@ def cmd_validate(args: argparse.Namespace, catalog: Catalog) -> int:
 # ---------------------------------------------------------------- replay
 
 
-def replay_data(catalog: Catalog, case) -> dict[str, Any]:
+def replay_data(catalog: Catalog, case, isolation: str = "worker", pythons: dict[str, str] | None = None) -> dict[str, Any]:
     from .kernel import run_case
 
     spec = catalog.get(case.rule)
@@ -145,15 +165,7 @@ def replay_data(catalog: Catalog, case) -> dict[str, Any]:
         spec.variant(name)
     hp = spec.resolve(case.hyperparameters)
     if case.framework != REFERENCE:
-        a = availability(case.framework)
-        raise SourceError(
-            "<replay>",
-            (),
-            None,
-            f"framework {case.framework!r} cannot be replayed by this version: "
-            + (a.reason or "its adapter is not wired into replay yet")
-            + f"; replay it with \"framework\": \"{REFERENCE}\" for the kernel alone",
-        )
+        return replay_framework(catalog, case, isolation, pythons or {})
     traj = run_case(spec, case)
     out: dict[str, Any] = {
         "rule": case.rule,
@@ -171,11 +183,90 @@ def replay_data(catalog: Catalog, case) -> dict[str, Any]:
     return out
 
 
+def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, str]) -> dict[str, Any]:
+    from .execution import make_host
+    from .kernel import run_case
+    from .runner import Cell, execute
+
+    spec = catalog.get(case.rule)
+    if case.mode is None or case.device is None:
+        raise ValueError(f"a {case.framework} case needs \"mode\" and \"device\"")
+    spec.mode(case.framework, case.mode)
+    if case.framework not in pythons:
+        a = availability(case.framework)
+        if a.reason:
+            raise ValueError(f"cannot replay on {case.framework}: {a.reason}")
+    cell = Cell(case.rule, case.framework, case.mode, case.device, case.dtype)
+    host = make_host(case.framework, "worker" if case.framework in pythons else isolation, pythons.get(case.framework))
+    try:
+        record = execute(spec, cell, case, host)
+    finally:
+        host.close()
+    mode = spec.mode(case.framework, case.mode)
+    ref = run_case(spec, case, variants=mode.expect)
+    out: dict[str, Any] = {
+        "rule": case.rule,
+        "framework": case.framework,
+        "mode": case.mode,
+        "device": case.device,
+        "dtype": case.dtype,
+        "hyperparameters": spec.resolve(case.hyperparameters),
+        "steps": case.steps,
+        "outcome": record.outcome,
+        "reason": record.reason,
+        "expected_variant": "+".join(mode.expect) or "canonical",
+        "matched_variant": None,
+        "first_divergent_step": None,
+        "max_abs_error": None,
+        "max_rel_error": None,
+        "max_ulp_error": None,
+        "reference_trajectory": ref.to_json()["trajectory"],
+    }
+    if record.verdict is not None:
+        v = record.verdict.to_json()
+        e = v["against_expected"]
+        out.update(
+            matched_variant=v["matched_variant"],
+            fingerprint=v["fingerprint"],
+            stale=v["stale"],
+            known_issue=v["known_issue"],
+            first_divergent_step=e["first_divergent_step"],
+            first_divergent_slot=e["slot"],
+            first_divergent_element=e["element"],
+            max_abs_error=e["max_abs_error"],
+            max_rel_error=e["max_rel_error"],
+            max_ulp_error=e["max_ulp_error"],
+            margin=e["margin"],
+        )
+    if record.detail:
+        out["detail"] = record.detail
+    return out
+
+
+def _pythons(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or ():
+        fw, sep, path = item.partition("=")
+        if not sep or fw not in FRAMEWORKS:
+            raise ValueError(f"--python takes FRAMEWORK=PYTHON with FRAMEWORK one of {', '.join(FRAMEWORKS)}; got {item!r}")
+        out[fw] = path
+    return out
+
+
 def cmd_replay(args: argparse.Namespace, catalog: Catalog) -> int:
     from .case import Case
 
     case = Case.load(args.case)
-    data = replay_data(catalog, case)
+    data = replay_data(catalog, case, args.isolation, _pythons(args.python))
+    if case.framework != REFERENCE:
+        if args.json:
+            print(json.dumps(data))
+        else:
+            print(f"{data['rule']} on {data['framework']}/{data['mode']}/{data['device']}/{data['dtype']}, {data['steps']} step(s): {data['outcome']}")
+            print(data["reason"])
+            if data.get("detail"):
+                print(data["detail"])
+        return 1 if data["outcome"] in ("diverges", "crash") else 0
     if args.json:
         print(json.dumps(data))
         return 0
@@ -188,6 +279,93 @@ def cmd_replay(args: argparse.Namespace, catalog: Catalog) -> int:
         for i, p in enumerate(data["trajectory"], start=1):
             print(f"step {i}: p = {np.array2string(np.asarray(p), separator=', ')}")
     return 0
+
+
+# ---------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
+    import time
+
+    from .report import write_report
+    from .results import write_summary
+    from .session import Options, Session
+
+    options = Options.from_namespace(args)
+    if options.selection.frameworks is None:
+        # Every framework with an adapter module in this version.
+        frameworks = tuple(fw for fw in FRAMEWORKS if availability(fw).adapter)
+        options.selection = type(options.selection)(**{**vars(options.selection), "frameworks": frameworks})
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{options.seed:08x}"[-9:]
+    out = Path(args.out) if args.out else Path("reports") / run_id
+    session = Session(catalog, options, out)
+    cells = session.cells()
+    if not cells:
+        raise ValueError("the selection matches no cell (see `conformance list`)")
+    frameworks = sorted({c.framework for c in cells}, key=list(FRAMEWORKS).index)
+    env = session.write_environment(frameworks)
+    print(f"conformance run {run_id}: {len(cells)} cell(s), profile {options.profile.name}, seed {options.seed}, results in {out}")
+    for fw in frameworks:
+        info = env["frameworks"][fw]
+        if info.get("available"):
+            devices = ", ".join(f"{d}" + ("" if v.get("available") else " (absent)") for d, v in info.get("devices", {}).items())
+            print(f"  {fw}: {json.dumps(info.get('versions'))} via {info.get('isolation')} {info.get('python')}; devices: {devices}")
+        else:
+            print(f"  {fw}: not available: {info.get('reason')}")
+    from tqdm import tqdm
+
+    failed = []
+    bar = tqdm(cells, unit="cell", disable=True if args.no_progress else None, file=sys.stderr)
+    try:
+        for cell in bar:
+            bar.set_description(cell.id)
+            result = session.run_cell(cell)
+            if result.failed:
+                failed.append(result)
+                bar.write(f"FAIL {cell.id}: {result.outcome}: {(result.minimal.reason if result.minimal else result.error) or ''}")
+    finally:
+        bar.close()
+        session.close()
+    summary = write_summary(out)
+    report = write_report(out, summary)
+    _print_cells(summary)
+    print(f"summary: {out / 'summary.json'}; report: {report}")
+    for r in failed:
+        if r.minimal is not None and r.minimal.case is not None:
+            case_file = out / f"minimal-{_safe(r.cell.id)}.json"
+            case_file.write_text(r.minimal.case.to_json(indent=1), encoding="utf-8")
+            print(f"replay {r.cell.id}: conformance replay {case_file} --json")
+    return 1 if summary["failed"] else 0
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def _print_cells(summary: dict[str, Any]) -> None:
+    for c in summary["cells"]:
+        counts = ", ".join(f"{k} {v}" for k, v in c["counts"].items())
+        follows = ", ".join(c["matched_variants"]) or ""
+        extra = f" skipped: {c['skipped']}" if c.get("skipped") else ""
+        if c.get("known_issues"):
+            extra += " known issue"
+        print(f"  {c['id']:<48} {c['outcome']:<17} {counts}{' follows ' + follows if follows else ''}{extra}")
+    print("totals: " + ", ".join(f"{k} {v}" for k, v in summary["totals"].items()))
+
+
+def cmd_merge(args: argparse.Namespace, catalog: Catalog) -> int:
+    from .report import write_report
+    from .results import write_summary
+
+    out = Path(args.out or args.dirs[0])
+    for d in args.dirs:
+        if not Path(d).is_dir():
+            raise ValueError(f"{d}: not a results directory")
+    summary = write_summary(out, args.dirs)
+    report = write_report(out, summary)
+    _print_cells(summary)
+    print(f"summary: {out / 'summary.json'}; report: {report}")
+    return 1 if summary["failed"] else 0
 
 
 # ---------------------------------------------------------------- main

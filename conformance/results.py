@@ -1,0 +1,212 @@
+"""The results store: results*.jsonl as a run goes, summary.json at the end.
+
+Every executed case is one JSON line, written and flushed at once, so a
+killed run keeps everything it had. A record carries its full case when it
+failed, when it is the worst case of its cell so far, or when it is a
+cell's shrunk minimal case; the conforming rest carry only their numbers.
+Several writers (pytest-xdist workers, shards on other machines) write
+their own `results-<name>.jsonl`; `summarize` reads them all, so merging
+shards is reading several directories.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from .compare import FAILING, OUTCOMES, UNSUPPORTED
+
+SUMMARY = "summary.json"
+SCHEMA = 1
+
+
+class ResultWriter:
+    """Appends records to `<dir>/results-<name>.jsonl`, one flushed line each."""
+
+    def __init__(self, directory: str | Path, name: str = "main"):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / f"results-{name}.jsonl"
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._worst: dict[str, float] = {}
+
+    def write(self, record: Any) -> None:
+        cell = record.cell.id
+        margin = record.margin
+        worst = margin > self._worst.get(cell, -1.0) and record.case is not None and record.verdict is not None
+        if worst:
+            self._worst[cell] = margin
+        with_case = record.failing or record.phase == "minimal" or worst or record.kind == "fixed"
+        line = record.to_json(with_case=with_case)
+        if worst:
+            line["worst_so_far"] = True
+        self.write_line(line)
+
+    def write_line(self, data: dict[str, Any]) -> None:
+        self._file.write(json.dumps(data, allow_nan=False, default=_default) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _default(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_cell_status(writer: ResultWriter, cell: Any, status: str, reason: str, environment: dict | None = None) -> None:
+    """A cell that did not run (skipped device, framework absent) still appears in the results."""
+    writer.write_line({"cell": cell.id, **cell.to_json(), "cell_status": status, "reason": reason})
+
+
+def read_records(directories: Iterable[str | Path]) -> list[dict[str, Any]]:
+    out = []
+    for d in directories:
+        d = Path(d)
+        files = sorted(d.glob("results*.jsonl")) if d.is_dir() else [d]
+        for f in files:
+            with open(f, encoding="utf-8") as fh:
+                for n, line in enumerate(fh, 1):
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        # the last line of a killed run may be cut short
+                        continue
+    return out
+
+
+def read_environments(directories: Iterable[str | Path]) -> list[dict[str, Any]]:
+    envs = []
+    for d in directories:
+        for f in sorted(Path(d).glob("environment*.json")):
+            envs.append(json.loads(f.read_text(encoding="utf-8")))
+    return envs
+
+
+def write_environment(directory: str | Path, name: str, data: dict[str, Any]) -> None:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    (Path(directory) / f"environment-{name}.json").write_text(json.dumps(data, indent=2, default=_default), encoding="utf-8")
+
+
+def environment(run: dict[str, Any], frameworks: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run": run,
+        "host": {"machine": platform.machine(), "processor": platform.processor(), "system": platform.platform(), "python": platform.python_version(), "node": platform.node()},
+        "frameworks": frameworks,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
+    """One entry per cell: outcome counts, worst errors, matched variants, minimal case."""
+    directories = list(directories)
+    records = read_records(directories)
+    envs = read_environments(directories)
+    cells: dict[str, dict[str, Any]] = {}
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        cid = r["cell"]
+        c = cells.setdefault(
+            cid,
+            {
+                "id": cid,
+                **{k: r[k] for k in ("rule", "framework", "mode", "device", "dtype")},
+                "outcome": None,
+                "counts": {},
+                "matched_variants": {},
+                "fingerprints": {},
+                "known_issues": {},
+                "stale": 0,
+                "examples": 0,
+                "seconds": 0.0,
+                "unsupported_reasons": {},
+                "crash_reasons": {},
+                "worst": None,
+                "minimal": None,
+                "skipped": None,
+            },
+        )
+        if "cell_status" in r:
+            c["skipped"] = r["reason"]
+            continue
+        c["seconds"] += r.get("seconds", 0.0)
+        if r.get("phase") == "minimal":
+            c["minimal"] = r
+            continue
+        if r.get("phase") == "shrink":
+            continue
+        outcome = r["outcome"]
+        counts[cid][outcome] += 1
+        c["examples"] += 1
+        if outcome == UNSUPPORTED:
+            _bump(c["unsupported_reasons"], r.get("reason", ""))
+        if outcome == "crash":
+            _bump(c["crash_reasons"], r.get("reason", ""))
+        if r.get("matched_variant"):
+            _bump(c["matched_variants"], r["matched_variant"])
+        for f in r.get("fingerprint") or []:
+            _bump(c["fingerprints"], f)
+        if r.get("known_issue"):
+            _bump(c["known_issues"], r["known_issue"])
+        if r.get("stale"):
+            c["stale"] += 1
+        if "case" in r and r.get("against_expected"):
+            margin = _float(r["against_expected"].get("margin"))
+            if c["worst"] is None or margin > _float(c["worst"]["against_expected"].get("margin")):
+                c["worst"] = r
+    for cid, c in cells.items():
+        c["counts"] = dict(counts[cid])
+        present = [o for o in OUTCOMES if counts[cid].get(o)]
+        c["outcome"] = present[0] if present else UNSUPPORTED
+        if c["worst"] is not None:
+            w = c["worst"]["against_expected"]
+            c["worst_errors"] = {k: w.get(k) for k in ("max_abs_error", "max_rel_error", "max_ulp_error", "margin")}
+    versions = {}
+    for env in envs:
+        for fw, info in (env.get("frameworks") or {}).items():
+            versions[fw] = info.get("versions") if isinstance(info, dict) else info
+    ordered = sorted(cells.values(), key=lambda c: c["id"])
+    totals = Counter(c["outcome"] for c in ordered)
+    return {
+        "schema": SCHEMA,
+        "sources": [str(d) for d in directories],
+        "environments": envs,
+        "versions": versions,
+        "totals": dict(totals),
+        "failed": sorted(c["id"] for c in ordered if c["outcome"] in FAILING),
+        "cells": ordered,
+    }
+
+
+def _bump(d: dict[str, int], key: str) -> None:
+    d[key] = d.get(key, 0) + 1
+
+
+def _float(x: Any) -> float:
+    if x is None:
+        return 0.0
+    if isinstance(x, str):
+        return float("inf") if x in ("inf", "nan") else float(x)
+    return float(x)
+
+
+def write_summary(directory: str | Path, sources: Iterable[str | Path] | None = None) -> dict[str, Any]:
+    summary = summarize(list(sources) if sources is not None else [directory])
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    tmp = Path(directory) / (SUMMARY + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1, allow_nan=False), encoding="utf-8")
+    os.replace(tmp, Path(directory) / SUMMARY)
+    return summary

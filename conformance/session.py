@@ -1,0 +1,192 @@
+"""A conformance session: the options, the hosts, the results, shared by CLI and pytest.
+
+One option table serves `conformance run` and the pytest plugin (as
+pytest-benchmark's `add_global_options` does), so the two select and run
+cells the same way. A session owns one adapter host per framework (a worker
+process by default), the run's seed and profile, and the results writer.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .catalog import Catalog
+from .execution import DEFAULT_TIMEOUT, make_host
+from .registry import FRAMEWORKS, availability
+from .results import ResultWriter, environment, write_cell_status, write_environment
+from .runner import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    Cell,
+    CellResult,
+    Profile,
+    Selection,
+    enumerate_cells,
+    parse_shard,
+    run_cell,
+    shard,
+)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+#: (CLI flag, pytest flag, argparse keyword arguments). pytest's flags are
+#: prefixed where a bare name would be ambiguous among plugins.
+OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--rules", "--rules", dict(dest="rules", metavar="LIST", help="comma-separated rules (default: all)")),
+    ("--frameworks", "--frameworks", dict(dest="frameworks", metavar="LIST", help="comma-separated frameworks (default: all with an adapter)")),
+    ("--modes", "--modes", dict(dest="modes", metavar="LIST", help="comma-separated modes, e.g. forloop,fused")),
+    ("--devices", "--devices", dict(dest="devices", metavar="LIST", help="comma-separated devices, e.g. cpu,cuda")),
+    ("--dtypes", "--dtypes", dict(dest="dtypes", metavar="LIST", help="comma-separated dtypes: float16,bfloat16,float32,float64")),
+    ("--examples", "--examples", dict(dest="examples", type=int, metavar="N", help="generated cases per cell (default: the profile's)")),
+    ("--profile", "--conformance-profile", dict(dest="conformance_profile", default=None, choices=sorted(PROFILES), help=f"hypothesis profile: ci (default), dev or thorough")),
+    ("--seed", "--conformance-seed", dict(dest="conformance_seed", type=int, metavar="N", help="hypothesis seed (default: random, printed)")),
+    ("--shard", "--shard", dict(dest="shard", metavar="K/N", help="run only shard K of N (cells split by a hash of their id)")),
+    ("--max-steps", "--max-steps", dict(dest="max_steps", type=int, metavar="N", help="most optimizer steps per case (default 20)")),
+    ("--max-size", "--max-size", dict(dest="max_size", type=int, metavar="N", help="most elements per tensor (default 32)")),
+    ("--isolation", "--isolation", dict(dest="isolation", choices=("worker", "inprocess"), default=None, help="run adapters in worker processes (default) or in this process")),
+    ("--python", "--conformance-python", dict(dest="python", action="append", default=None, metavar="FRAMEWORK=PYTHON", help="run FRAMEWORK's worker under this interpreter (repeatable)")),
+    ("--timeout", "--conformance-timeout", dict(dest="timeout", type=float, metavar="SECONDS", help=f"per-case timeout (default {DEFAULT_TIMEOUT:g})")),
+]
+
+
+def add_options(add: Callable[..., Any], pytest: bool = False) -> None:
+    for cli, py, kwargs in OPTIONS:
+        add(py if pytest else cli, **kwargs)
+
+
+@dataclass
+class Options:
+    selection: Selection = field(default_factory=Selection)
+    profile: Profile = field(default_factory=lambda: PROFILES[DEFAULT_PROFILE])
+    examples: int | None = None
+    seed: int = 0
+    shard: tuple[int, int] | None = None
+    isolation: str = "worker"
+    pythons: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+
+    @classmethod
+    def from_namespace(cls, ns: Any, seed: int | None = None) -> "Options":
+        def get(name: str) -> Any:
+            return getattr(ns, name, None)
+
+        profile = PROFILES[get("conformance_profile") or DEFAULT_PROFILE]
+        if get("max_steps") or get("max_size"):
+            profile = Profile(profile.name, profile.max_examples, get("max_steps") or profile.max_steps, get("max_size") or profile.max_size)
+        pythons = {}
+        for item in get("python") or ():
+            fw, sep, path = item.partition("=")
+            if not sep or fw not in FRAMEWORKS:
+                raise ValueError(f"--python takes FRAMEWORK=PYTHON with FRAMEWORK one of {', '.join(FRAMEWORKS)}; got {item!r}")
+            pythons[fw] = path
+        sel = Selection(*(None if get(k) is None else _csv(get(k)) for k in ("rules", "frameworks", "modes", "devices", "dtypes")))
+        for fw in sel.frameworks or ():
+            if fw not in FRAMEWORKS:
+                raise ValueError(f"unknown framework {fw!r} (known: {', '.join(FRAMEWORKS)})")
+        chosen_seed = get("conformance_seed")
+        if chosen_seed is None:
+            chosen_seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
+        return cls(
+            selection=sel,
+            profile=profile,
+            examples=get("examples"),
+            seed=chosen_seed,
+            shard=parse_shard(get("shard")) if get("shard") else None,
+            isolation=get("isolation") or "worker",
+            pythons=pythons,
+            timeout=get("timeout"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.selection
+        return {
+            "profile": self.profile.name,
+            "max_examples": self.examples if self.examples is not None else self.profile.max_examples,
+            "max_steps": self.profile.max_steps,
+            "max_size": self.profile.max_size,
+            "seed": self.seed,
+            "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
+            "isolation": self.isolation,
+            "selection": {k: list(v) if v else None for k, v in vars(s).items()},
+        }
+
+
+class Session:
+    def __init__(self, catalog: Catalog, options: Options, out: str | Path | None = None, writer_name: str = "main"):
+        self.catalog = catalog
+        self.options = options
+        self.out = Path(out) if out is not None else None
+        self.writer = ResultWriter(self.out, writer_name) if self.out is not None else None
+        self.writer_name = writer_name
+        self._hosts: dict[str, Any] = {}
+        self._described: dict[str, dict[str, Any]] = {}
+
+    def cells(self) -> list[Cell]:
+        cells = enumerate_cells(self.catalog, self.options.selection)
+        if self.options.shard:
+            cells = shard(cells, *self.options.shard)
+        return cells
+
+    def unavailable(self, framework: str) -> str | None:
+        """Why a framework cannot run at all here (None if it can be tried)."""
+        if framework in self.options.pythons:
+            return None
+        a = availability(framework)
+        return a.reason
+
+    def host(self, framework: str) -> Any:
+        if framework not in self._hosts:
+            isolation = "worker" if framework in self.options.pythons else self.options.isolation
+            self._hosts[framework] = make_host(framework, isolation, self.options.pythons.get(framework))
+        return self._hosts[framework]
+
+    def describe(self, framework: str) -> dict[str, Any]:
+        if framework not in self._described:
+            why = self.unavailable(framework)
+            if why is not None:
+                self._described[framework] = {"available": False, "reason": why}
+            else:
+                answer = self.host(framework).describe()
+                if answer.status == "ok":
+                    self._described[framework] = {"available": True, **answer.result, "python": self.host(framework).python, "isolation": self.host(framework).isolation}
+                else:
+                    self._described[framework] = {"available": False, "reason": answer.reason, "detail": answer.detail}
+        return self._described[framework]
+
+    def write_environment(self, frameworks: list[str]) -> dict[str, Any]:
+        env = environment(self.options.to_json(), {fw: self.describe(fw) for fw in frameworks})
+        if self.out is not None:
+            write_environment(self.out, self.writer_name, env)
+        return env
+
+    def run_cell(self, cell: Cell) -> CellResult:
+        info = self.describe(cell.framework)
+        if not info.get("available"):
+            result = CellResult(cell, skipped=f"{cell.framework}: {info.get('reason')}")
+        else:
+            spec = self.catalog.get(cell.rule)
+            result = run_cell(
+                spec,
+                cell,
+                self.host(cell.framework),
+                profile=self.options.profile,
+                seed=self.options.seed,
+                sink=self.writer.write if self.writer else None,
+                examples=self.options.examples,
+                timeout=self.options.timeout,
+            )
+        if result.skipped and self.writer is not None:
+            write_cell_status(self.writer, cell, "skipped", result.skipped)
+        return result
+
+    def close(self) -> None:
+        for host in self._hosts.values():
+            host.close()
+        if self.writer is not None:
+            self.writer.close()
