@@ -85,7 +85,7 @@ def _gradient(g: torch.Tensor, rows: Any) -> torch.Tensor:
     if rows is None:
         return g.clone()
     index = torch.tensor([list(rows)], dtype=torch.int64, device=g.device)
-    return torch.sparse_coo_tensor(index, g[list(rows)], g.shape)
+    return torch.sparse_coo_tensor(index, g[list(rows)], g.shape, check_invariants=True)
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
@@ -98,9 +98,10 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in request["args"].items()}
     args.update(_MODE_FLAGS.get(request["mode"], {}))
 
-    params = np.asarray(request["params"], dtype=np.float64)
-    grads = torch.from_numpy(np.asarray(request["grads"], dtype=np.float64)).to(device=device, dtype=dtype)
-    p = torch.nn.Parameter(torch.from_numpy(params).to(device=device, dtype=dtype))
+    # torch.tensor copies: the optimizer updates its parameter in place, and
+    # the caller's arrays (in-process) must stay as they were.
+    grads = torch.tensor(np.asarray(request["grads"], dtype=np.float64), dtype=dtype, device=device)
+    p = torch.nn.Parameter(torch.tensor(np.asarray(request["params"], dtype=np.float64), dtype=dtype, device=device))
     try:
         opt = cls([p], **args)
     except (TypeError, ValueError) as exc:

@@ -292,10 +292,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     from .session import Options, Session
 
     options = Options.from_namespace(args)
-    if options.selection.frameworks is None:
-        # Every framework with an adapter module in this version.
-        frameworks = tuple(fw for fw in FRAMEWORKS if availability(fw).adapter)
-        options.selection = type(options.selection)(**{**vars(options.selection), "frameworks": frameworks})
+    options.with_default_frameworks()
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{options.seed:08x}"[-9:]
     out = Path(args.out) if args.out else Path("reports") / run_id
     session = Session(catalog, options, out)

@@ -190,8 +190,8 @@ def build_request(spec: Spec, mode: ModeConfig, case: Case) -> dict[str, Any]:
         "mode": mode.mode,
         "device": case.device,
         "dtype": case.dtype,
-        "params": case.params,
-        "grads": case.grads,
+        "params": case.params.copy(),  # an in-process adapter must not touch the case
+        "grads": case.grads.copy(),
         "lr_arg": mode.lr_arg,
         "lr_schedule": list(case.lr_schedule) if case.lr_schedule is not None else None,
         "state": list(mode.state),
@@ -257,10 +257,17 @@ def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | N
     )
 
 
-def retarget(case: Case, cell: Cell) -> Case:
-    """A fixed (framework-neutral) case as a case of this cell: inputs rounded to its dtype."""
+def retarget(case: Case, cell: Cell, mode: ModeConfig | None = None) -> Case:
+    """A fixed (framework-neutral) case as a case of this cell: inputs rounded to its dtype.
+
+    A mode that takes dense gradients gets a sparse case's gradients densified.
+    """
+    rows = case.sparse_rows
+    if mode is not None and mode.gradients == "dense":
+        rows = None
     return replace(
         case,
+        sparse_rows=rows,
         framework=cell.framework,
         mode=cell.mode,
         device=cell.device,
@@ -344,7 +351,7 @@ def run_cell(
         return result
 
     for path in spec.cases:
-        case = retarget(Case.load(path), cell)
+        case = retarget(Case.load(path), cell, mode)
         record = execute(spec, cell, case, host, timeout=timeout)
         record.kind, record.source = "fixed", path
         keep(record)
@@ -369,7 +376,7 @@ def run_cell(
     limits = strategies.Limits(profile.max_steps, profile.max_size)
     strategy = strategies.cases(spec, mode, device=cell.device, dtype=cell.dtype, limits=limits)
     kwargs: dict[str, Any] = dict(
-        max_examples=n,
+        max_examples=max(n, 1),
         deadline=None,
         derandomize=False,
         print_blob=False,

@@ -103,6 +103,12 @@ class Options:
             timeout=get("timeout"),
         )
 
+    def with_default_frameworks(self) -> None:
+        """No framework chosen: every framework that has an adapter in this version."""
+        if self.selection.frameworks is None:
+            frameworks = tuple(fw for fw in FRAMEWORKS if availability(fw).adapter)
+            self.selection = Selection(**{**vars(self.selection), "frameworks": frameworks})
+
     def to_json(self) -> dict[str, Any]:
         s = self.selection
         return {

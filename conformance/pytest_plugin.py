@@ -1,0 +1,188 @@
+"""The pytest plugin (entry point `pytest11`): conformance cells as pytest items.
+
+Spec files are collected as test files: `pytest specs/` (or `pytest --pyargs
+conformance.specs` against an installed package) yields one item per cell,
+with stable ids such as `specs/adam.yaml::adam[torch-foreach-cpu-float32]`.
+Only YAML files in a spec directory are collected: the built-in one, and any
+named with `--specs DIR`. Options select cells like `conformance run` does
+(the same option table, `conformance.session.OPTIONS`). The run header
+prints framework versions, devices, seed and profile; a failing item prints
+the case's outcome, errors, first divergent step and the replay command.
+pytest fails on `diverges` and `crash` only; a cell that cannot run (device
+or framework absent) is a skip with the reason.
+
+With pytest-xdist, the controller draws the seed and hands it to the
+workers, and every worker writes its own results file into
+`--conformance-out DIR`; the controller writes the summary and report.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .catalog import builtin_spec_dir, load_catalog
+from .compare import FAILING
+from .results import write_summary
+from .runner import Cell
+from .session import Options, Session, add_options
+
+_KEY = pytest.StashKey["_State"]() if hasattr(pytest, "StashKey") else None
+
+
+class _State:
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.spec_dirs = [builtin_spec_dir().resolve()] + [Path(d).resolve() for d in config.getoption("conformance_specs") or ()]
+        self._catalog = None
+        self._session: Session | None = None
+        worker = getattr(config, "workerinput", None)
+        seed = worker.get("conformance_seed") if worker else None
+        self.options = Options.from_namespace(config.option, seed=seed)
+        self.options.with_default_frameworks()
+        self.out = config.getoption("conformance_out")
+        self.worker_id = worker.get("workerid", "main") if worker else "main"
+
+    @property
+    def catalog(self):
+        if self._catalog is None:
+            self._catalog = load_catalog([d for d in self.spec_dirs[1:]])
+        return self._catalog
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            self._session = Session(self.catalog, self.options, self.out, writer_name=self.worker_id)
+        return self._session
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "optimizer conformance cells (collected from spec files)")
+    add_options(group.addoption, pytest=True)
+    group.addoption("--specs", dest="conformance_specs", action="append", default=None, metavar="DIR", help="also collect the spec files of DIR")
+    group.addoption("--conformance-out", dest="conformance_out", default=None, metavar="DIR", help="write results*.jsonl, summary.json and index.html into DIR")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_KEY] = _State(config)
+    config.addinivalue_line("markers", "conformance: an optimizer conformance cell")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:  # pytest-xdist: one seed for all workers
+    node.workerinput["conformance_seed"] = node.config.stash[_KEY].options.seed
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    state = config.stash[_KEY]
+    o = state.options
+    lines = [
+        f"conformance: profile {o.profile.name} ({o.examples or o.profile.max_examples} examples/cell, "
+        f"<= {o.profile.max_steps} steps, <= {o.profile.max_size} elements), seed {o.seed}"
+        + (f", shard {o.shard[0]}/{o.shard[1]}" if o.shard else "")
+        + f", adapters in {o.isolation} processes"
+    ]
+    frameworks = o.selection.frameworks or ()
+    for fw in frameworks:
+        info = state.session.describe(fw)
+        if info.get("available"):
+            devices = ", ".join(d + ("" if v.get("available") else " (absent)") for d, v in info.get("devices", {}).items())
+            lines.append(f"conformance: {fw} {info.get('versions')}; devices: {devices}")
+        else:
+            lines.append(f"conformance: {fw} not available: {info.get('reason')}")
+    return lines
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector):
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    state = parent.config.stash[_KEY]
+    if file_path.resolve().parent not in state.spec_dirs:
+        return None
+    return SpecFile.from_parent(parent, path=file_path)
+
+
+class SpecFile(pytest.File):
+    def collect(self):
+        state = self.config.stash[_KEY]
+        rule = self.path.stem
+        try:
+            spec = state.catalog.get(rule)
+        except KeyError:
+            return
+        if Path(spec.file).resolve() != self.path.resolve():
+            return
+        # Frameworks default to those whose adapter exists here, as `conformance run` does.
+        cells = [c for c in state.session.cells() if c.rule == rule]
+        for cell in cells:
+            yield CellItem.from_parent(self, name=cell.id, cell=cell)
+
+
+class CellItem(pytest.Item):
+    def __init__(self, *, cell: Cell, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.cell = cell
+        self.add_marker("conformance")
+        self.result = None
+
+    def runtest(self) -> None:
+        state = self.config.stash[_KEY]
+        self.result = result = state.session.run_cell(self.cell)
+        if result.skipped:
+            pytest.skip(result.skipped)
+        if result.failed:
+            raise CellFailed(result)
+
+    def repr_failure(self, excinfo: Any, style: Any = None) -> str:
+        if isinstance(excinfo.value, CellFailed):
+            return excinfo.value.describe()
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, self.cell.id
+
+
+class CellFailed(Exception):
+    def __init__(self, result: Any):
+        super().__init__(result.outcome)
+        self.result = result
+
+    def describe(self) -> str:
+        r = self.result
+        lines = [f"{r.cell.id}: {r.outcome}"]
+        if r.error:
+            lines.append(r.error)
+        m = r.minimal
+        if m is not None:
+            lines.append(m.reason)
+            if m.verdict is not None:
+                e = m.verdict.against_expected
+                lines.append(
+                    f"first divergent step {e.first_divergent_step}, slot {e.slot}, element {list(e.element or ())};"
+                    f" max abs error {e.max_abs_error:.3g}, rel {e.max_rel_error:.3g}, {e.max_ulp_error:.3g} ulp"
+                )
+            if m.detail:
+                lines.append(m.detail[-2000:])
+            if m.case is not None:
+                lines.append("minimal case:")
+                lines.append(m.case.to_json())
+                lines.append("replay: save the case above as case.json and run `conformance replay case.json --json`")
+        return "\n".join(lines)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(_KEY, None)
+    if state is None:
+        return
+    if state._session is not None:
+        if state.out and state._session.writer is not None:
+            state._session.write_environment(sorted({c.framework for c in state._session.cells()}))
+        state._session.close()
+    if state.out and getattr(session.config, "workerinput", None) is None:
+        from .report import write_report
+
+        summary = write_summary(state.out)
+        write_report(state.out, summary)

@@ -1,0 +1,168 @@
+"""The differential engine end to end: planted bugs are caught, crashes are contained.
+
+These tests run the real PyTorch (CPU) through the real adapter; nothing is mocked.
+A spec with a deliberately wrong equation must make a cell `diverge` with the
+first divergent step; an adapter that raises, dies or hangs must give `crash`
+while the run goes on; a killed run must keep its results.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance.catalog import builtin_spec_dir
+from conformance.compare import CONFORMS, CRASH, DIVERGES, KNOWN, UNSUPPORTED
+from conformance.execution import InProcessHost, WorkerHost
+from conformance.runner import PROFILES, Cell, execute, run_cell
+from conformance.spec import load_spec
+from conformance.case import Case
+
+torch = pytest.importorskip("torch")
+
+FAST = PROFILES["ci"]
+
+
+def planted_spec(tmp_path: Path, old: str, new: str, rule: str = "adam") -> Path:
+    text = (builtin_spec_dir() / f"{rule}.yaml").read_text()
+    assert old in text
+    text = text.replace(old, new).replace("cases: [cases/adam_eps_dominated.json]", "cases: []")
+    path = tmp_path / f"{rule}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_planted_wrong_formula_diverges_with_first_step(tmp_path):
+    # beta2 in place of beta1 in the first moment: a plausible typo.
+    path = planted_spec(tmp_path, "- m = beta1 * m + (1 - beta1) * g", "- m = beta2 * m + (1 - beta2) * g")
+    spec = load_spec(path)
+    cell = Cell("adam", "torch", "forloop", "cpu", "float64")
+    host = InProcessHost("torch")
+    result = run_cell(spec, cell, host, profile=FAST, seed=1, examples=30, database=None)
+    assert result.outcome == DIVERGES
+    m = result.minimal
+    assert m is not None and m.verdict is not None
+    assert m.verdict.against_expected.first_divergent_step is not None
+    assert m.verdict.against_expected.first_divergent_step >= 1
+    # shrunk: few steps, a small tensor
+    assert m.case.steps <= 2 and m.case.params.size <= 2
+
+
+def test_planted_wrong_sign_in_sgd_diverges(tmp_path):
+    path = planted_spec(tmp_path, "- u = -lr * d", "- u = lr * d", rule="sgd")
+    spec = load_spec(path)
+    result = run_cell(spec, Cell("sgd", "torch", "foreach", "cpu", "float32"), InProcessHost("torch"), profile=FAST, seed=2, examples=20, database=None)
+    assert result.outcome == DIVERGES
+    assert result.minimal.verdict.against_expected.first_divergent_step == 1
+
+
+def test_fixed_case_runs_first_and_separates_epsilon_hat(catalog):
+    spec = catalog.get("adam")
+    host = InProcessHost("torch")
+    dense = run_cell(spec, Cell("adam", "torch", "forloop", "cpu", "float64"), host, profile=FAST, seed=3, examples=0, database=None)
+    assert [r.kind for r in dense.records] == ["fixed"]
+    assert dense.records[0].outcome == CONFORMS
+    sparse = run_cell(spec, Cell("adam", "torch", "sparse_adam", "cpu", "float64"), host, profile=FAST, seed=3, examples=0, database=None)
+    r = sparse.records[0]
+    assert r.kind == "fixed" and r.outcome == KNOWN
+    assert r.verdict.matched_variant == ("epsilon_hat", "lazy")
+    assert not r.verdict.against_canonical.ok
+
+
+def _adapter(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "fake_adapter.py"
+    path.write_text(textwrap.dedent(
+        """
+        import os, sys, time
+        FRAMEWORK = "torch"
+        def describe():
+            return {"framework": "torch", "versions": {}, "devices": {"cpu": {"available": True}}}
+        def run(request):
+        """
+    ) + textwrap.indent(textwrap.dedent(body), "    "))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "body, expect",
+    [
+        ("raise RuntimeError('boom from the framework')", "RuntimeError: boom"),
+        ("os.abort()", "died: killed by signal"),
+        ("os._exit(3)", "died: exited with status 3"),
+        ("time.sleep(60)", "hung"),
+    ],
+)
+def test_crashing_adapter_is_a_crash_and_the_run_goes_on(tmp_path, catalog, body, expect):
+    spec = catalog.get("sgd")
+    cell = Cell("sgd", "torch", "forloop", "cpu", "float64")
+    host = WorkerHost("torch", adapter=_adapter(tmp_path, body))
+    try:
+        result = run_cell(spec, cell, host, profile=FAST, seed=4, examples=3, timeout=3, database=None)
+        assert result.outcome == CRASH
+        assert expect in result.records[0].reason
+        # the same host serves the next cell: the worker is restarted after a death
+        again = run_cell(spec, cell, host, profile=FAST, seed=5, examples=1, timeout=3, database=None)
+        assert again.outcome == CRASH and expect in again.records[0].reason
+    finally:
+        host.close()
+
+
+def test_real_worker_runs_torch_and_reports_versions(catalog):
+    host = WorkerHost("torch")
+    try:
+        info = host.describe()
+        assert info.status == "ok" and info.result["versions"]["torch"] == torch.__version__
+        assert info.result["devices"]["cuda"]["available"] == torch.cuda.is_available()
+        case = Case.load(builtin_spec_dir() / "cases" / "adam_eps_dominated.json")
+        from conformance.runner import retarget
+
+        spec = catalog.get("adam")
+        cell = Cell("adam", "torch", "fused", "cpu", "float32")
+        record = execute(spec, cell, retarget(case, cell, spec.mode("torch", "fused")), host)
+        assert record.outcome == CONFORMS, record.reason
+    finally:
+        host.close()
+
+
+def test_cuda_cell_skips_with_reason_without_cuda(catalog):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cell(catalog.get("adam"), Cell("adam", "torch", "fused", "cuda", "float32"), InProcessHost("torch"), profile=FAST, seed=1)
+    assert result.outcome == UNSUPPORTED and "CUDA is not available" in result.skipped
+
+
+def test_killed_run_keeps_its_results(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conformance", "run", "--frameworks", "torch", "--rules", "adam", "--devices", "cpu",
+         "--examples", "200", "--out", str(out), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    results = out / "results-main.jsonl"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if results.exists() and len(results.read_text().splitlines()) >= 5:
+                break
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    lines = [json.loads(l) for l in results.read_text().splitlines() if l.strip()]
+    assert len(lines) >= 5
+    assert all(l["outcome"] in (CONFORMS, KNOWN, UNSUPPORTED) for l in lines if "outcome" in l)
+    assert not (out / "summary.json").exists()
+    # the merge command summarizes what the killed run kept
+    done = subprocess.run([sys.executable, "-m", "conformance", "merge", str(out), "-o", str(tmp_path / "merged")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "merged" / "summary.json").read_text())
+    assert sum(sum(c["counts"].values()) for c in summary["cells"]) >= 5
