@@ -115,10 +115,10 @@ class Rounding:
       sparse_adam), whose rounding error scales with the old value, not the
       new one: a new state or parameter value gets a jitter of up to
       u * |old value| as well.
-    - `hyperparameter` rounds each hyperparameter to the precision the
-      framework keeps it in, when a mode declares one
-      (`hyperparameter_dtype`: Keras holds lr in float32; torch's foreach
-      kernels round a Scalar argument to the tensor's dtype).
+    - `operand` rounds a scalar (a hyperparameter, or arithmetic on them)
+      where it meets an array to the precision the framework passes it in,
+      when a mode declares one (`hyperparameter_dtype`: Keras holds lr in
+      float32; torch's foreach kernels take a Scalar in the tensor's dtype).
     - `taint` marks the elements where an operation gave a nonzero result
       below the dtype's normal range. There the dtype keeps only a few
       significant bits (or none), and which intermediate underflows depends
@@ -149,9 +149,9 @@ class Rounding:
             self.taint = tiny if self.taint is None else (self.taint | tiny)
         return x.astype(self.low).astype(x.dtype)
 
-    def hyperparameter(self, value: float) -> float:
-        """A hyperparameter as the framework holds it (`hyperparameter_dtype` of the mode)."""
-        return float(self.hp_low.type(value))
+    def operand(self, x: np.floating) -> np.floating:
+        """A scalar operand of an array operation, as the framework passes it (`hyperparameter_dtype`)."""
+        return type(x)(self.hp_low.type(x))
 
     def scalar(self, x: np.floating) -> np.floating:
         if self.rng is not None:

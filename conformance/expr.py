@@ -179,8 +179,20 @@ def compile_expression(
             if ufunc is None:
                 raise fail(node, f"operator {type(node.op).__name__}")
             left, right = build(node.left), build(node.right)
-            binop: Node = lambda env: _apply2(ufunc, *left(env), *right(env))
-            return _rounded_node(binop) if rounded else binop
+            if not rounded:
+                return lambda env: _apply2(ufunc, *left(env), *right(env))
+
+            def mixed(env: Env) -> tuple[Any, bool]:
+                # A scalar meeting an array is given in the framework's
+                # hyperparameter precision (ROUNDING.operand).
+                (a, fa), (b, fb) = left(env), right(env)
+                if type(a) is np.ndarray and isinstance(b, np.floating):
+                    b = env[ROUNDING].operand(b)
+                elif type(b) is np.ndarray and isinstance(a, np.floating):
+                    a = env[ROUNDING].operand(a)
+                return _apply2(ufunc, a, fa, b, fb)
+
+            return _rounded_node(mixed)
         if isinstance(node, ast.UnaryOp):
             operand = build(node.operand)
             if isinstance(node.op, ast.Not):

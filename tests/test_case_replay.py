@@ -144,8 +144,22 @@ def test_replay_adagrad(tmp_path, capsys):
     np.testing.assert_allclose(out["trajectory"], adagrad_duchi(P0, GRADS, 0.1, 1e-10), rtol=1e-13)
 
 
-def test_framework_replay_says_why_it_cannot_run_yet(tmp_path, capsys):
+def test_framework_replay_gives_the_outcome_and_errors(tmp_path, capsys):
+    pytest.importorskip("torch")
+    path = tmp_path / "case.json"
+    path.write_text(json.dumps(base_case(framework="torch", mode="foreach", device="cpu")))
+    assert main(["replay", str(path), "--json", "--isolation", "inprocess"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["outcome"] == "conforms"
+    assert data["matched_variant"] == "canonical"
+    assert data["first_divergent_step"] is None
+    for key in ("max_abs_error", "max_rel_error", "max_ulp_error", "reference_trajectory"):
+        assert key in data
+    assert len(data["reference_trajectory"]) == data["steps"]
+
+
+def test_framework_replay_needs_mode_and_device(tmp_path, capsys):
     path = tmp_path / "case.json"
     path.write_text(json.dumps(base_case(framework="torch")))
     assert main(["replay", str(path), "--json"]) == 2
-    assert "cannot be replayed by this version" in capsys.readouterr().err
+    assert "needs" in capsys.readouterr().err
