@@ -19,7 +19,7 @@ from . import __version__
 from .catalog import Catalog, load_catalog, spec_files
 from .registry import FRAMEWORKS, REFERENCE, availability
 from .spec import load_spec
-from .session import add_options
+from .session import add_options, parse_pythons
 from .yamlsource import SourceError
 
 EXIT_USAGE = 2
@@ -243,21 +243,11 @@ def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, 
     return out
 
 
-def _pythons(items: list[str] | None) -> dict[str, str]:
-    out = {}
-    for item in items or ():
-        fw, sep, path = item.partition("=")
-        if not sep or fw not in FRAMEWORKS:
-            raise ValueError(f"--python takes FRAMEWORK=PYTHON with FRAMEWORK one of {', '.join(FRAMEWORKS)}; got {item!r}")
-        out[fw] = path
-    return out
-
-
 def cmd_replay(args: argparse.Namespace, catalog: Catalog) -> int:
     from .case import Case
 
     case = Case.load(args.case)
-    data = replay_data(catalog, case, args.isolation, _pythons(args.python))
+    data = replay_data(catalog, case, args.isolation, parse_pythons(args.python))
     if case.framework != REFERENCE:
         if args.json:
             print(json.dumps(data))

@@ -169,11 +169,9 @@ class Record:
             out["lr_schedule"] = self.case.lr_schedule is not None
         if self.verdict is not None:
             out.update(self.verdict.to_json())
-            v = self.verdict.against_expected
-            out["first_divergent_step"] = v.first_divergent_step
-            out["max_abs_error"] = v.to_json()["max_abs_error"]
-            out["max_rel_error"] = v.to_json()["max_rel_error"]
-            out["max_ulp_error"] = v.to_json()["max_ulp_error"]
+            v = out["against_expected"]
+            for key in ("first_divergent_step", "max_abs_error", "max_rel_error", "max_ulp_error"):
+                out[key] = v[key]
         if self.detail:
             out["detail"] = self.detail[-4000:]
         if with_case and self.case is not None:

@@ -55,6 +55,17 @@ OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+def parse_pythons(items: list[str] | None) -> dict[str, str]:
+    """`--python FRAMEWORK=PYTHON` values as {framework: interpreter}."""
+    out = {}
+    for item in items or ():
+        fw, sep, path = item.partition("=")
+        if not sep or fw not in FRAMEWORKS:
+            raise ValueError(f"--python takes FRAMEWORK=PYTHON with FRAMEWORK one of {', '.join(FRAMEWORKS)}; got {item!r}")
+        out[fw] = path
+    return out
+
+
 def add_options(add: Callable[..., Any], pytest: bool = False) -> None:
     for cli, py, kwargs in OPTIONS:
         add(py if pytest else cli, **kwargs)
@@ -79,12 +90,7 @@ class Options:
         profile = PROFILES[get("conformance_profile") or DEFAULT_PROFILE]
         if get("max_steps") or get("max_size"):
             profile = Profile(profile.name, profile.max_examples, get("max_steps") or profile.max_steps, get("max_size") or profile.max_size)
-        pythons = {}
-        for item in get("python") or ():
-            fw, sep, path = item.partition("=")
-            if not sep or fw not in FRAMEWORKS:
-                raise ValueError(f"--python takes FRAMEWORK=PYTHON with FRAMEWORK one of {', '.join(FRAMEWORKS)}; got {item!r}")
-            pythons[fw] = path
+        pythons = parse_pythons(get("python"))
         sel = Selection(*(None if get(k) is None else _csv(get(k)) for k in ("rules", "frameworks", "modes", "devices", "dtypes")))
         for fw in sel.frameworks or ():
             if fw not in FRAMEWORKS:
