@@ -22,6 +22,8 @@ the reason), any other exception is a crash.
 
 from __future__ import annotations
 
+import inspect
+import math
 import platform
 from typing import Any
 
@@ -60,6 +62,30 @@ def describe() -> dict[str, Any]:
         },
         "devices": devices,
     }
+
+
+def defaults(request: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer's own default arguments, read from its constructor's signature."""
+    cls = _optimizer_class(request["optimizer"])
+    out: dict[str, Any] = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name in ("self", "params") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        out[name] = "<required>" if param.default is param.empty else plain(param.default)
+    return out
+
+
+def plain(value: Any) -> Any:
+    """A default as JSON data: numbers, flags, None, lists; anything else as its repr."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return repr(value)
 
 
 def _optimizer_class(name: str):

@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="rules, their variants and frameworks, and which frameworks are importable here")
     _common(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--defaults",
+        action="store_true",
+        help="ask each available framework for its default hyperparameters (introspected) and show where they differ from the canonical ones",
+    )
+    p.add_argument("--frameworks", metavar="LIST", help="with --defaults: comma-separated frameworks (default: all available)")
+    p.add_argument("--rules", metavar="LIST", help="with --defaults: comma-separated rules (default: all)")
+    p.add_argument("--python", action="append", metavar="FRAMEWORK=PYTHON", help="run FRAMEWORK's worker under this interpreter (repeatable)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("validate", help="validate spec files (the built-in ones and any given)")
@@ -114,7 +122,54 @@ def list_data(catalog: Catalog) -> dict[str, Any]:
     return {"frameworks": frameworks, "rules": rules}
 
 
+def defaults_data(catalog: Catalog, args: argparse.Namespace) -> dict[str, Any]:
+    """Measured defaults of every available framework (rows as in summary.json)."""
+    from .session import Options, Session
+
+    options = Options.from_namespace(args, seed=0)
+    options.with_default_frameworks()
+    session = Session(catalog, options)
+    rows, unavailable = [], {}
+    try:
+        for fw in options.selection.frameworks or ():
+            info = session.describe(fw)
+            if info.get("available"):
+                rows.extend(info.get("defaults") or [])
+            else:
+                unavailable[fw] = info.get("reason")
+    finally:
+        session.close()
+    return {"defaults": rows, "unavailable": unavailable}
+
+
+def print_defaults(data: dict[str, Any]) -> None:
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    for row in data["defaults"]:
+        by_rule.setdefault(row["rule"], []).append(row)
+    print("Default hyperparameters, as each framework reports them (* differs from canonical, ! the spec's declaration is stale):")
+    for rule, rows in by_rule.items():
+        print(f"  {rule}")
+        for row in rows:
+            where = f"{row['framework']}/{row['mode']} {row['optimizer']}"
+            if row.get("error"):
+                print(f"    {where}: cannot introspect: {row['error']}")
+                continue
+            mark = "*" if row["differs"] else ("!" if row["stale_declaration"] else " ")
+            value = "required" if row["required"] else row["framework_default"]
+            extra = f"  (spec declares {row['declared']})" if row["stale_declaration"] else ""
+            print(f"   {mark} {row['hyperparameter']:<26} canonical {row['canonical_default']!s:<8} {where} {row['argument']}={value}{extra}")
+    for fw, why in data["unavailable"].items():
+        print(f"  {fw}: not available: {why}")
+
+
 def cmd_list(args: argparse.Namespace, catalog: Catalog) -> int:
+    if args.defaults:
+        data = defaults_data(catalog, args)
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            print_defaults(data)
+        return 0
     data = list_data(catalog)
     if args.json:
         print(json.dumps(data, indent=2))

@@ -65,6 +65,9 @@ class InProcessHost:
     def run(self, request: dict[str, Any], timeout: float | None = None) -> Answer:
         return self._call({"op": "run", "request": request})
 
+    def defaults(self, request: dict[str, Any]) -> Answer:
+        return self._call({"op": "defaults", "request": request})
+
     def _call(self, message: dict[str, Any]) -> Answer:
         t0 = time.perf_counter()
         try:
@@ -181,6 +184,9 @@ class WorkerHost:
 
     def run(self, request: dict[str, Any], timeout: float | None = None) -> Answer:
         return self._call({"op": "run", "request": request}, timeout or DEFAULT_TIMEOUT)
+
+    def defaults(self, request: dict[str, Any]) -> Answer:
+        return self._call({"op": "defaults", "request": request}, START_TIMEOUT)
 
     def _call(self, message: dict[str, Any], timeout: float) -> Answer:
         t0 = time.perf_counter()

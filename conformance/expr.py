@@ -39,7 +39,18 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int]] = {
     "minimum": (np.minimum, 2),
     "where": (np.where, 3),
     "clip": (np.clip, 3),
+    # in_dtype(x): x rounded to the case's dtype, as a framework that casts a
+    # hyperparameter to the parameter's dtype before using it sees it
+    # (keras/src/optimizers/adam.py: ops.power(ops.cast(self.beta_2, dtype), t)).
+    # The kernel supplies the rounding (env[CASE_DTYPE]); identity without one.
+    "in_dtype": (None, 1),  # type: ignore[dict-item]
+    # float32(x): x rounded to float32 (kept in the compute dtype), e.g. a
+    # Python float that TensorFlow's tf.cast turns into a float32 tensor first.
+    "float32": (lambda x: x.astype(np.float32).astype(x.dtype) if isinstance(x, np.ndarray) else type(x)(np.float32(x)), 1),
 }
+
+#: Key of the case-dtype rounding function in an expression's environment.
+CASE_DTYPE = "__case_dtype__"
 
 # Arithmetic as numpy ufuncs, so a temporary that only this expression holds
 # can receive the result in place (what numpy's own temporary elision does
@@ -227,6 +238,15 @@ def compile_expression(
             if len(node.args) != arity or any(isinstance(a, ast.Starred) for a in node.args):
                 raise ExprError(f"{node.func.id}() takes {arity} argument(s) in {source!r}")
             args = [build(a) for a in node.args]
+            if fn is None:  # in_dtype
+                only_arg = args[0]
+
+                def cast(env: Env) -> tuple[Any, bool]:
+                    value = only_arg(env)[0]
+                    to_dtype = env.get(CASE_DTYPE)
+                    return (value if to_dtype is None else to_dtype(value)), False
+
+                return cast
             if arity == 1 and isinstance(fn, np.ufunc):
                 only = args[0]
                 unary: Node = lambda env: _apply1(fn, *only(env))

@@ -20,7 +20,7 @@ import numpy as np
 
 from .case import Case
 from .dtypes import numpy_dtype
-from .expr import ROUNDING, rounded_twin
+from .expr import CASE_DTYPE, ROUNDING, rounded_twin
 from .spec import Spec
 
 
@@ -53,6 +53,7 @@ def run(
     sparse_rows: Sequence[Sequence[int]] | None = None,
     compute_dtype: str = "float64",
     rounding: Callable[[np.ndarray], np.ndarray] | None = None,
+    case_dtype: str | None = None,
 ) -> Trajectory:
     """Run `spec` (with `variants` applied) from `params` over one gradient per step.
 
@@ -75,6 +76,10 @@ def run(
     env_base = {
         name: (v if isinstance(v, bool) else scalar(hp_round(v) if hp_round else v)) for name, v in hp.items()
     }
+    if case_dtype is not None:
+        # in_dtype(x) in a spec: x rounded to the case dtype, kept in the compute dtype
+        low = numpy_dtype(case_dtype).type
+        env_base[CASE_DTYPE] = lambda x: type(x)(low(x)) if not isinstance(x, np.ndarray) else x.astype(low).astype(x.dtype)
     equations = spec.equations(tuple(variants))
     if rounding is not None:
         equations = tuple((eq.target, rounded_twin(eq.expr.source)) for eq in equations)
@@ -160,6 +165,7 @@ def run_case(spec: Spec, case: Case, variants: Sequence[str] | None = None, comp
         lr_schedule=case.lr_schedule,
         sparse_rows=case.sparse_rows,
         compute_dtype=compute_dtype,
+        case_dtype=case.dtype,
     )
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,28 @@ def availability(name: str) -> Availability:
     has_adapter = importlib.util.find_spec(e.adapter) is not None
     reason = None
     if not installed:
-        reason = f"{e.module} is not importable in this Python"
+        reason = (
+            f"{e.module} is not importable in this Python and no worker environment was found"
+            f" (pass --python {name}=PYTHON, set CONFORMANCE_PYTHON_{name.upper()}, or create .venv-{name}:"
+            f" see README.md)"
+        )
     elif not has_adapter:
         reason = f"no adapter module {e.adapter} in this version of optimizer-conformance"
     return Availability(name, installed, version, has_adapter, reason)
+
+
+def worker_python(name: str, root: str | Path | None = None) -> str | None:
+    """An interpreter that has `name` installed, for a framework that cannot be
+    imported here (MXNet needs numpy < 1.24, so it lives in its own
+    environment). Looked up, in order: the environment variable
+    CONFORMANCE_PYTHON_<NAME>, then `.venv-<name>` and tox's `.tox/<name>-worker`
+    under `root` (default: the current directory). None if there is none."""
+    given = os.environ.get(f"CONFORMANCE_PYTHON_{name.upper()}")
+    if given:
+        return given
+    base = Path(root) if root is not None else Path.cwd()
+    for env in (base / f".venv-{name}", base / ".tox" / f"{name}-worker"):
+        for python in (env / "bin" / "python", env / "Scripts" / "python.exe"):
+            if python.is_file():
+                return str(python)
+    return None

@@ -178,6 +178,11 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
     for env in envs:
         for fw, info in (env.get("frameworks") or {}).items():
             versions[fw] = info.get("versions") if isinstance(info, dict) else info
+    defaults: dict[tuple, dict[str, Any]] = {}
+    for env in envs:
+        for fw, info in (env.get("frameworks") or {}).items():
+            for row in (info.get("defaults") or []) if isinstance(info, dict) else []:
+                defaults[(row.get("rule"), fw, row.get("mode"), row.get("hyperparameter"), row.get("argument"))] = row
     ordered = sorted(cells.values(), key=lambda c: c["id"])
     totals = Counter(c["outcome"] for c in ordered)
     return {
@@ -188,6 +193,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
         "totals": dict(totals),
         "failed": sorted(c["id"] for c in ordered if c["outcome"] in FAILING),
         "cells": ordered,
+        "defaults": [defaults[k] for k in sorted(defaults, key=lambda k: tuple(str(x) for x in k))],
     }
 
 

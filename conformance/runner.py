@@ -197,6 +197,33 @@ def build_request(spec: Spec, mode: ModeConfig, case: Case) -> dict[str, Any]:
     }
 
 
+def stored_inputs(spec: Spec, mode: ModeConfig, case: Case) -> Case:
+    """The case as the framework holds it: hyperparameters it stores narrower
+    (`input_dtypes`, e.g. Keras' float32 learning-rate variable) rounded to
+    that dtype, so the reference and the framework start from the same values.
+    Rounding is idempotent, so a recorded case replays unchanged."""
+    if not mode.input_dtypes:
+        return case
+    hp = spec.resolve(case.hyperparameters)
+    given = dict(case.hyperparameters)
+    schedule = case.lr_schedule
+    def stored(x: float, stages: tuple[str, ...]) -> float:
+        for stage in stages:
+            x = float(round_to(np.float64(x), case.dtype if stage == "tensor" else stage))
+        return x
+
+    for name, stages in mode.input_dtypes:
+        value = hp.get(name)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating)):
+            continue
+        given[name] = stored(value, stages)
+        if name == "lr" and schedule is not None:
+            schedule = tuple(stored(x, stages) for x in schedule)
+    if given == case.hyperparameters and schedule == case.lr_schedule:
+        return case
+    return replace(case, hyperparameters=given, lr_schedule=schedule)
+
+
 def observed_trajectories(mode: ModeConfig, result: dict[str, Any], steps: int, shape: tuple[int, ...]) -> Trajectories:
     """The adapter's result in canonical names (a `-slot` mapping is negated back)."""
     params = np.asarray(result["params"], dtype=np.float64)
@@ -218,6 +245,7 @@ def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | N
     """Run one case through the framework and judge it. Never raises for a framework's fault."""
     t0 = time.perf_counter()
     mode = spec.mode(cell.framework, cell.mode)
+    case = stored_inputs(spec, mode, case)
     hp = spec.resolve(case.hyperparameters)
     why = mode.unsupported_reason(hp)
     if why is None and case.lr_schedule is not None and mode.lr_arg is None:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .catalog import Catalog
+from .defaults import measure as measure_defaults
 from .execution import DEFAULT_TIMEOUT, make_host
-from .registry import FRAMEWORKS, availability
+from .registry import FRAMEWORKS, availability, worker_python
 from .results import ResultWriter, environment, write_cell_status, write_environment
 from .runner import (
     DEFAULT_PROFILE,
@@ -66,6 +67,19 @@ def parse_pythons(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def discover_pythons(pythons: dict[str, str]) -> dict[str, str]:
+    """`pythons`, plus a worker interpreter for each framework that is not
+    importable here but has an environment of its own (registry.worker_python:
+    CONFORMANCE_PYTHON_MXNET, .venv-mxnet, .tox/mxnet-worker)."""
+    found = dict(pythons)
+    for fw in FRAMEWORKS:
+        if fw not in found and not availability(fw).installed:
+            python = worker_python(fw)
+            if python is not None:
+                found[fw] = python
+    return found
+
+
 def add_options(add: Callable[..., Any], pytest: bool = False) -> None:
     for cli, py, kwargs in OPTIONS:
         add(py if pytest else cli, **kwargs)
@@ -90,7 +104,7 @@ class Options:
         profile = PROFILES[get("conformance_profile") or DEFAULT_PROFILE]
         if get("max_steps") or get("max_size"):
             profile = Profile(profile.name, profile.max_examples, get("max_steps") or profile.max_steps, get("max_size") or profile.max_size)
-        pythons = parse_pythons(get("python"))
+        pythons = discover_pythons(parse_pythons(get("python")))
         sel = Selection(*(None if get(k) is None else _csv(get(k)) for k in ("rules", "frameworks", "modes", "devices", "dtypes")))
         for fw in sel.frameworks or ():
             if fw not in FRAMEWORKS:
@@ -166,10 +180,22 @@ class Session:
             else:
                 answer = self.host(framework).describe()
                 if answer.status == "ok":
-                    self._described[framework] = {"available": True, **answer.result, "python": self.host(framework).python, "isolation": self.host(framework).isolation}
+                    self._described[framework] = {
+                        "available": True,
+                        **answer.result,
+                        "python": self.host(framework).python,
+                        "isolation": self.host(framework).isolation,
+                        "defaults": self.measure_defaults(framework),
+                    }
                 else:
                     self._described[framework] = {"available": False, "reason": answer.reason, "detail": answer.detail}
         return self._described[framework]
+
+    def measure_defaults(self, framework: str) -> list[dict[str, Any]]:
+        """The framework's own default hyperparameters for the selected rules (introspected)."""
+        rules = self.options.selection.rules
+        specs = [spec for spec in self.catalog if rules is None or spec.rule in rules]
+        return measure_defaults(specs, framework, self.host(framework).defaults)
 
     def write_environment(self, frameworks: list[str]) -> dict[str, Any]:
         env = environment(self.options.to_json(), {fw: self.describe(fw) for fw in frameworks})

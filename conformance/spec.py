@@ -98,6 +98,11 @@ class SparseDecl(_Model):
     cite: str | None = None
 
 
+InputDtype = Literal["float16", "bfloat16", "float32", "tensor"]
+#: one rounding, or successive ones: [float32, tensor] is a Python float made a
+#: float32 tensor, then cast to the parameter's dtype (TF1 training ops)
+InputRounding = Union[InputDtype, list[InputDtype]]
+
 ArgValue = Union[str, float, StrictBool, list[Union[str, float]]]
 
 
@@ -113,13 +118,19 @@ class ModeModel(_Model):
     source: str | None = None
     devices: list[str] | None = None
     dtypes: list[Literal["float16", "bfloat16", "float32", "float64"]] | None = None
-    hyperparameter_dtype: Literal["float64", "float32", "tensor"] | None = Field(
+    hyperparameter_dtype: Literal["float64", "float32", "tensor", "cast"] | None = Field(
         default=None,
-        description="the precision the framework gives hyperparameters (tensor: the parameter's dtype)",
+        description=(
+            "the precision the framework gives hyperparameters: float64 (Python floats), float32,"
+            " tensor (each scalar operand rounded to the parameter's dtype where it meets an array,"
+            " torch foreach), cast (hyperparameters cast to the parameter's dtype before any"
+            " arithmetic, Keras)"
+        ),
     )
     gradients: Literal["dense", "sparse"] | None = Field(
         default=None, description="sparse: the mode takes sparse gradients only (e.g. torch.optim.SparseAdam)"
     )
+    input_dtypes: dict[str, InputRounding] | None = None
     note: str | None = None
 
 
@@ -134,7 +145,15 @@ class FrameworkModel(_Model):
     unsupported: list[Unsupported] = Field(default_factory=list)
     sparse: SparseDecl
     note: str | None = None
-    hyperparameter_dtype: Literal["float64", "float32", "tensor"] = "float64"
+    hyperparameter_dtype: Literal["float64", "float32", "tensor", "cast"] = "float64"
+    input_dtypes: dict[str, InputRounding] = Field(
+        default_factory=dict,
+        description=(
+            "hyperparameters the framework stores in a narrower dtype before any arithmetic"
+            " (Keras keeps lr in a float32 variable): the case's values are rounded to it,"
+            " for the framework and the reference alike"
+        ),
+    )
     known_issues: list["KnownIssue"] = Field(default_factory=list)
 
     @field_validator("modes")
@@ -214,6 +233,7 @@ class ModeConfig:
     gradients: str = "dense"
     hyperparameter_dtype: str = "float64"
     known_issues: tuple[KnownIssue, ...] = ()
+    input_dtypes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (hyperparameter, roundings) as the framework stores it
 
     def known_issue(self, device: str, dtype: str) -> KnownIssue | None:
         for issue in self.known_issues:
@@ -353,8 +373,9 @@ def _apply_variant(eqs: list[Equation], variant: Variant) -> list[Equation]:
             if new.target in eq.expr.names:
                 eqs.insert(i, new)
                 break
-        else:
-            raise ValueError(f"variant {variant.name} defines {new.target!r}, which no equation reads")
+        # else: an intermediate that only another variant introduces (alpha_t
+        # of epsilon_hat, overridden by bias_correction_in_dtype); alone, the
+        # variant leaves it out.
     return eqs
 
 
@@ -588,4 +609,14 @@ def _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, sr
         gradients=mm.gradients or "dense",
         hyperparameter_dtype=mm.hyperparameter_dtype or section.hyperparameter_dtype,
         known_issues=tuple(k for k in section.known_issues if k.modes is None or mode_name in k.modes),
+        input_dtypes=tuple(_input_dtypes(mm, section, hp_names, src, base, mpath).items()),
     )
+
+
+def _input_dtypes(mm, section, hp_names, src, base, mpath) -> dict[str, str]:
+    given = mm.input_dtypes if mm.input_dtypes is not None else section.input_dtypes
+    where = mpath if mm.input_dtypes is not None else base
+    for name in given:
+        if name not in hp_names:
+            raise src.error(where + ("input_dtypes", name), f"{name!r} is not a hyperparameter of this rule")
+    return {name: tuple(v) if isinstance(v, list) else (v,) for name, v in given.items()}

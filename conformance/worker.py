@@ -18,6 +18,8 @@ BASE64}}` (little-endian float64 bytes, exact and fast); no pickle.
     -> {"op": "describe"}                 <- {"ok": {...}}
     -> {"op": "run", "request": {...}}    <- {"ok": {...}} | {"unsupported": "why"}
                                              | {"error": {"type", "message", "traceback"}}
+    -> {"op": "defaults", "request": {"optimizer", "mode"}}
+                                          <- {"ok": {native argument: default}} (introspected)
     -> {"op": "quit"}
 
 The worker keeps the real stdout for the protocol and points file
@@ -85,6 +87,10 @@ def answer(adapter: Any, message: dict[str, Any]) -> dict[str, Any]:
             return {"ok": adapter.describe()}
         if op == "run":
             return {"ok": adapter.run(decode(message["request"]))}
+        if op == "defaults":
+            if not hasattr(adapter, "defaults"):
+                raise NotImplementedError("this adapter cannot introspect defaults")
+            return {"ok": adapter.defaults(decode(message["request"]))}
         return {"error": {"type": "ProtocolError", "message": f"unknown op {op!r}", "traceback": ""}}
     except NotImplementedError as exc:
         return {"unsupported": str(exc) or "not supported by this framework"}
