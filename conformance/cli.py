@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("setup-worker", help="create a framework's own worker environment (MXNet: .venv-mxnet with numpy<1.24)")
+    p.add_argument("framework", choices=[name for name, e in FRAMEWORKS.items() if e.worker_requirements])
+    p.add_argument("--dir", metavar="DIR", help="where to create it (default: .venv-FRAMEWORK, where runs look for it)")
+    p.add_argument("--python", metavar="PYTHON", default=None, help="the interpreter to base it on (default: this one)")
+    p.set_defaults(func=cmd_setup_worker, specs=[])
+
     p = sub.add_parser("merge", help="merge result directories (shards, machines) into one summary and report")
     p.add_argument("dirs", nargs="+", metavar="RESULTS_DIR")
     p.add_argument("-o", "--out", required=True, metavar="DIR")
@@ -378,6 +384,32 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
             case_file.write_text(r.minimal.case.to_json(indent=1), encoding="utf-8")
             print(f"replay {r.cell.id}: conformance replay {case_file} --json")
     return 1 if summary["failed"] else 0
+
+
+def cmd_setup_worker(args: argparse.Namespace, catalog: Catalog) -> int:
+    """Create (or reuse) a virtual environment with the framework's worker requirements."""
+    import subprocess
+
+    from .registry import entry
+
+    e = entry(args.framework)
+    target = Path(args.dir or f".venv-{e.name}")
+    python = target / "bin" / "python"
+    probe = [str(python), "-c", f"import {e.module}, numpy; print({e.module}.__version__, numpy.__version__)"]
+    if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
+        print(f"{e.title} worker environment already set up: {python}")
+        return 0
+    base = args.python or sys.executable
+    print(f"creating {target} from {base} and installing {' '.join(e.worker_requirements)}")
+    subprocess.run([base, "-m", "venv", "--clear", str(target)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *e.worker_requirements], check=True)
+    done = subprocess.run(probe, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+        raise RuntimeError(f"{e.module} does not import in {target} after installing it")
+    print(f"{e.title} {done.stdout.strip()} ready: {python} (found by `conformance run` from this directory,"
+          f" or pass --python {e.name}={python})")
+    return 0
 
 
 def _safe(text: str) -> str:

@@ -23,6 +23,9 @@ class FrameworkEntry:
     distributions: tuple[str, ...]  # PyPI names that may provide it, for the version
     title: str
     devices: tuple[str, ...] = ("cpu", "gpu")  # device names the adapter takes, cpu first
+    #: what `conformance setup-worker` installs into the framework's own
+    #: environment, for a framework that cannot share the harness's (numpy pins)
+    worker_requirements: tuple[str, ...] = ()
 
 
 FRAMEWORKS: dict[str, FrameworkEntry] = {
@@ -37,7 +40,11 @@ FRAMEWORKS: dict[str, FrameworkEntry] = {
             "TensorFlow / Keras",
         ),
         FrameworkEntry("jax", "conformance.adapters.jax", "optax", ("optax",), "JAX / Optax"),
-        FrameworkEntry("mxnet", "conformance.adapters.mxnet", "mxnet", ("mxnet",), "MXNet"),
+        # MXNet 1.9.1 (the last release) needs numpy < 1.24: its own worker environment
+        FrameworkEntry(
+            "mxnet", "conformance.adapters.mxnet", "mxnet", ("mxnet",), "MXNet",
+            worker_requirements=("mxnet==1.9.1", "numpy<1.24"),
+        ),
     )
 }
 

@@ -99,7 +99,39 @@ def enumerate_cells(catalog: Catalog, selection: Selection = Selection()) -> lis
                     cell = Cell(spec.rule, fw, mode_name, device, dtype)
                     if selection.keeps(cell):
                         out.append(cell)
+        out.extend(_cross_cells(spec, selection))
     return sorted(out, key=lambda c: (c.rule, list(FRAMEWORKS).index(c.framework), c.mode, c.device, c.dtype))
+
+
+def _cross_cells(spec: Spec, selection: Selection) -> list[Cell]:
+    """Cross-oracle cells (conformance/cross.py): mode against mode, cpu against
+    each other device; kept when the selection keeps both sides."""
+    from .cross import SEP, mode_pairs
+
+    out = []
+    frameworks = {fw for fw, _ in spec.modes}
+    for fw in frameworks:
+        for a, b in mode_pairs(spec, fw):
+            ma, mb = spec.mode(fw, a), spec.mode(fw, b)
+            for device in ma.devices or FRAMEWORKS[fw].devices:
+                if device not in (mb.devices or FRAMEWORKS[fw].devices):
+                    continue
+                for dtype in ma.dtypes or tuple(DTYPES):
+                    if dtype not in (mb.dtypes or tuple(DTYPES)):
+                        continue
+                    sides = (Cell(spec.rule, fw, a, device, dtype), Cell(spec.rule, fw, b, device, dtype))
+                    if all(selection.keeps(c) for c in sides):
+                        out.append(Cell(spec.rule, fw, f"{a}{SEP}{b}", device, dtype))
+        for (f, name), mode in spec.modes.items():
+            if f != fw:
+                continue
+            devices = mode.devices or FRAMEWORKS[fw].devices
+            for other in devices[1:]:
+                for dtype in mode.dtypes or tuple(DTYPES):
+                    sides = (Cell(spec.rule, fw, name, devices[0], dtype), Cell(spec.rule, fw, name, other, dtype))
+                    if all(selection.keeps(c) for c in sides):
+                        out.append(Cell(spec.rule, fw, name, f"{devices[0]}{SEP}{other}", dtype))
+    return out
 
 
 def shard(cells: Sequence[Cell], k: int, n: int) -> list[Cell]:
@@ -355,9 +387,14 @@ def run_cell(
     database: Any = "default",
 ) -> CellResult:
     """Fixed cases, then generated ones; failures shrink to the smallest case."""
+    from .cross import execute_cross, is_cross, sides
+
     t0 = time.perf_counter()
     result = CellResult(cell)
-    mode = spec.mode(cell.framework, cell.mode)
+    cross = is_cross(cell)
+    first = sides(cell)[0] if cross else cell
+    mode = spec.mode(first.framework, first.mode)
+    run_one = execute_cross if cross else execute
 
     def keep(record: Record) -> None:
         result.records.append(record)
@@ -370,15 +407,16 @@ def run_cell(
         keep(Record(cell, CRASH, f"the {cell.framework} adapter cannot start: {described.reason}", detail=described.detail))
         result.seconds = time.perf_counter() - t0
         return result
-    device = (described.result.get("devices") or {}).get(cell.device) or {}
-    if not device.get("available"):
-        result.skipped = device.get("reason") or f"device {cell.device} is not available to {cell.framework}"
-        result.seconds = time.perf_counter() - t0
-        return result
+    for device_name in (sides(cell)[0].device, sides(cell)[1].device) if cross else (cell.device,):
+        device = (described.result.get("devices") or {}).get(device_name) or {}
+        if not device.get("available"):
+            result.skipped = device.get("reason") or f"device {device_name} is not available to {cell.framework}"
+            result.seconds = time.perf_counter() - t0
+            return result
 
     for path in spec.cases:
-        case = retarget(Case.load(path), cell, mode)
-        record = execute(spec, cell, case, host, timeout=timeout)
+        case = retarget(Case.load(path), first, mode)
+        record = run_one(spec, cell, case, host, timeout=timeout)
         record.kind, record.source = "fixed", path
         keep(record)
 
@@ -389,7 +427,10 @@ def run_cell(
             # The framework hung on an earlier case of this cell; running
             # more would only wait out more timeouts.
             raise CaseFailed(replace(state["hung"], case=case, phase="shrink"))
-        record = execute(spec, cell, case, host, timeout=timeout, fingerprint=not state["failed"])
+        if cross:
+            record = execute_cross(spec, cell, case, host, timeout=timeout)
+        else:
+            record = execute(spec, cell, case, host, timeout=timeout, fingerprint=not state["failed"])
         record.phase = "shrink" if state["failed"] else "generate"
         keep(record)
         if record.failing:
@@ -400,7 +441,7 @@ def run_cell(
 
     n = examples if examples is not None else profile.max_examples
     limits = strategies.Limits(profile.max_steps, profile.max_size)
-    strategy = strategies.cases(spec, mode, device=cell.device, dtype=cell.dtype, limits=limits)
+    strategy = strategies.cases(spec, mode, device=first.device, dtype=cell.dtype, limits=limits)
     kwargs: dict[str, Any] = dict(
         max_examples=max(n, 1),
         deadline=None,
@@ -419,7 +460,7 @@ def run_cell(
             test()
         except CaseFailed as failure:
             minimal = replace(failure.record, phase="minimal")
-            if minimal.verdict is not None and not minimal.verdict.fingerprint and minimal.outcome != CRASH:
+            if not cross and minimal.verdict is not None and not minimal.verdict.fingerprint and minimal.outcome != CRASH:
                 # Shrink-phase records skip the fingerprint search; do it for the minimal case.
                 minimal = execute(spec, cell, minimal.case, host, timeout=timeout)
                 minimal.phase = "minimal"

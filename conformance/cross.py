@@ -1,0 +1,143 @@
+"""Cross-oracles: one framework against itself, with no reference in between.
+
+The same case goes through two modes of one framework that claim the same
+rule (torch forloop and fused, Keras eager and XLA, Optax eager and jit), or
+through one mode on two devices (cpu and cuda/gpu). The two trajectories must
+agree within the tolerance the reference kernel would allow the first one
+(its error-aware bound for the variant the spec declares); a difference
+beyond it is a divergence of its own, reported in a cell such as
+`adam[tensorflow-eager~xla-cpu-float32]` or `adam[torch-fused-cpu~cuda-float32]`.
+Whether the two were bit-identical is reported as well.
+
+Only modes whose configuration is the same (optimizer, arguments, declared
+variants, hyperparameter precision, gradient kind) are paired: torch's
+foreach mode rounds scalars to the tensor dtype by declaration, so comparing
+it with forloop in bfloat16 would only restate that.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from .case import Case
+from .compare import CONFORMS, CRASH, DIVERGES, KNOWN, UNSUPPORTED, Reference, Trajectories, Verdict, compare, reference, tolerance_for
+from .spec import ModeConfig, Spec
+
+SEP = "~"
+
+
+def is_cross(cell: Any) -> bool:
+    return SEP in cell.mode or SEP in cell.device
+
+
+def sides(cell: Any) -> tuple[Any, Any]:
+    """The two plain cells a cross cell compares."""
+    from .runner import Cell
+
+    if SEP in cell.mode:
+        a, b = cell.mode.split(SEP, 1)
+        return Cell(cell.rule, cell.framework, a, cell.device, cell.dtype), Cell(cell.rule, cell.framework, b, cell.device, cell.dtype)
+    a, b = cell.device.split(SEP, 1)
+    return Cell(cell.rule, cell.framework, cell.mode, a, cell.dtype), Cell(cell.rule, cell.framework, cell.mode, b, cell.dtype)
+
+
+def _signature(spec: Spec, mode: ModeConfig) -> tuple:
+    args = tuple(
+        (k, tuple(x.source for x in v) if isinstance(v, tuple) else v.source) for k, v in sorted(mode.args.items())
+    )
+    return (
+        mode.optimizer,
+        args,
+        tuple(sorted(mode.expect)),
+        mode.hyperparameter_dtype,
+        mode.input_dtypes,
+        mode.gradients,
+        tuple(sorted(mode.state.items())),
+    )
+
+
+def mode_pairs(spec: Spec, framework: str) -> list[tuple[str, str]]:
+    """(first mode, other mode) for every group of modes with one configuration."""
+    groups: dict[tuple, list[str]] = {}
+    for (fw, name), mode in spec.modes.items():
+        if fw == framework:
+            groups.setdefault(_signature(spec, mode), []).append(name)
+    return [(names[0], other) for names in groups.values() for other in names[1:]]
+
+
+def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: float | None = None) -> Any:
+    """Run `case` through both sides of a cross cell and compare them."""
+    from .runner import Record, build_request, observed_trajectories, stored_inputs
+
+    t0 = time.perf_counter()
+    first, second = sides(cell)
+    mode = spec.mode(first.framework, first.mode)
+    case = stored_inputs(spec, mode, case)
+    hp = spec.resolve(case.hyperparameters)
+    why = mode.unsupported_reason(hp)
+    if why is None and case.lr_schedule is not None and mode.lr_arg is None:
+        why = "this mode's learning rate cannot be set per step (no native argument maps to lr)"
+    if why is not None:
+        return Record(cell, UNSUPPORTED, why, case=case, seconds=time.perf_counter() - t0)
+    observed: list[Trajectories] = []
+    for side in (first, second):
+        side_mode = spec.mode(side.framework, side.mode)
+        request = build_request(spec, side_mode, replace(case, mode=side.mode, device=side.device))
+        answer = host.run(request, timeout)
+        if answer.status != "ok":
+            # A crash is reported by the side's own cell; here it only means
+            # there is nothing to compare.
+            status = "unsupported" if answer.status == "unsupported" else "crashed"
+            return Record(
+                cell,
+                UNSUPPORTED,
+                f"{side.mode} on {side.device} {status}: {answer.reason}",
+                case=case,
+                seconds=time.perf_counter() - t0,
+            )
+        try:
+            observed.append(observed_trajectories(side_mode, answer.result, case.steps, case.shape))
+        except (KeyError, TypeError, ValueError) as exc:
+            return Record(cell, CRASH, f"the adapter's answer is malformed: {exc}", case=case, seconds=time.perf_counter() - t0)
+    a, b = observed
+    tol = tolerance_for(spec, case.dtype)
+    ref = reference(spec, case, mode.expect, tol, hyperparameter_dtype=mode.hyperparameter_dtype)
+    # The first side stands in for the reference, with the reference's bound.
+    state = {k: v for k, v in a.state.items() if k in b.state}
+    as_ref = Reference(mode.expect, Trajectories(a.params, state), ref.bound)
+    result = compare(Trajectories(b.params, {k: b.state[k] for k in state}), as_ref, case.dtype)
+    identical = _identical(a.params, b.params) and all(_identical(a.state[k], b.state[k]) for k in state)
+    left, right = _name(first, cell), _name(second, cell)
+    if result.ok:
+        text = f"{left} and {right} agree " + ("bit for bit" if identical else f"within the tolerance (margin {result.margin:.2g})")
+        outcome = CONFORMS
+    else:
+        text = (
+            f"{left} and {right} differ beyond the tolerance: step {result.first_divergent_step}, {result.slot}"
+            f"{list(result.element) if result.element else ''}: {result.observed_value!r} against {result.expected_value!r}"
+            f" within {result.bound_value!r}"
+        )
+        outcome = DIVERGES
+    issue = None
+    for side in (first, second):
+        issue = issue or spec.mode(side.framework, side.mode).known_issue(side.device, side.dtype)
+    if outcome == DIVERGES and issue is not None:
+        outcome, text = KNOWN, f"known issue: {issue.reason} ({text})"
+    verdict = Verdict(outcome, mode.expect, None, result, None, (), False, text, known_issue=issue.reason if issue and outcome == KNOWN else None)
+    record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0)
+    record.kind = "cross"
+    record.source = "bit-identical" if identical else None
+    return record
+
+
+def _identical(x: np.ndarray, y: np.ndarray) -> bool:
+    x, y = np.asarray(x), np.asarray(y)
+    return x.shape == y.shape and bool(np.all((x == y) | (np.isnan(x) & np.isnan(y))))
+
+
+def _name(side: Any, cell: Any) -> str:
+    return side.mode if SEP in cell.mode else side.device

@@ -1,0 +1,142 @@
+"""Harness pieces that issue 4 added for the framework adapters: introspected
+defaults, framework-stored hyperparameter precision (`input_dtypes`,
+`in_dtype()`/`float32()` in equations), the flush-to-zero taint, cross-oracles
+and the discovery of a framework's own worker environment.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conformance import registry
+from conformance.case import Case
+from conformance.compare import CONFORMS, DIVERGES, Rounding
+from conformance.cross import mode_pairs, sides
+from conformance.defaults import rows_for_mode
+from conformance.execution import Answer, InProcessHost, WorkerHost, adapter_file
+from conformance.kernel import run as kernel_run
+from conformance.runner import PROFILES, Cell, Selection, enumerate_cells, run_cell, stored_inputs
+
+
+def test_defaults_rows_map_tuple_arguments_and_flag_differences(catalog):
+    spec = catalog.get("adam")
+    mode = spec.mode("tensorflow", "eager")
+    native = {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": False, "weight_decay": None}
+    rows = {r["hyperparameter"]: r for r in rows_for_mode(spec, mode, native)}
+    assert rows["eps"]["differs"] and rows["eps"]["framework_default"] == 1e-7 and rows["eps"]["canonical_default"] == 1e-8
+    assert not rows["beta1"]["differs"] and not rows["lr"]["differs"]
+    # weight_decay=None is "no default value" (off), not a difference
+    assert rows["weight_decay"]["framework_default"] is None and not rows["weight_decay"]["differs"]
+
+    torch_mode = spec.mode("torch", "forloop")
+    rows = {r["hyperparameter"]: r for r in rows_for_mode(spec, torch_mode, {"lr": 0.001, "betas": [0.9, 0.95], "eps": 1e-8})}
+    assert rows["beta2"]["argument"] == "betas[1]" and rows["beta2"]["differs"]
+    assert rows["beta2"]["stale_declaration"]  # the spec declares 0.999 for torch
+
+
+def test_stored_inputs_round_in_stages_and_the_schedule_too(catalog):
+    spec = catalog.get("rmsprop")
+    mode = spec.mode("tensorflow", "v1")  # [float32, tensor]
+    case = Case(rule="rmsprop", dtype="bfloat16", params=np.zeros(2), grads=np.ones((2, 2)),
+                hyperparameters={"rho": 0.99, "lr": 0.01}, lr_schedule=(0.01, 0.003))
+    held = stored_inputs(spec, mode, case)
+    assert held.hyperparameters["rho"] == 0.98828125  # 0.99 as a bfloat16
+    assert held.lr_schedule == (0.010009765625, 0.0030059814453125)
+    assert stored_inputs(spec, mode, held) is held  # idempotent: a recorded case replays unchanged
+    keras = spec.mode("tensorflow", "eager")  # lr: float32 only
+    kept = stored_inputs(spec, keras, Case(rule="rmsprop", dtype="float64", params=np.zeros(1), grads=np.ones((1, 1)), hyperparameters={"lr": 0.1}))
+    assert kept.hyperparameters["lr"] == float(np.float32(0.1)) != 0.1
+
+
+def test_float32_betas_in_the_bias_correction_are_a_systematic_difference(catalog):
+    spec = catalog.get("adam")
+    args = dict(hyperparameters={"lr": 1e-3, "eps": 1e-8}, params=np.zeros(1), grads=np.ones((1, 1)), compute_dtype="longdouble")
+    canonical = kernel_run(spec, variants=("epsilon_hat",), case_dtype="float32", **args).params[0, 0]
+    keras = kernel_run(spec, variants=("epsilon_hat", "bias_correction_float32_betas"), case_dtype="float32", **args).params[0, 0]
+    rel = float((keras - canonical) / canonical)
+    # alpha_t with float32 betas over alpha_t with exact ones: the step is 6.7e-6 too small
+    b1, b2 = float(np.float32(0.9)), float(np.float32(0.999))
+    assert rel == pytest.approx(np.sqrt((1 - b2) / 0.001) * (0.1 / (1 - b1)) - 1, rel=1e-6)
+    assert -7e-6 < rel < -6e-6
+
+
+def test_an_increment_below_the_normal_range_is_not_judged():
+    r = Rounding("float32", None)
+    old = np.array([1e-35, 1.0])
+    new = old * 0.999  # the first increment, -1e-38, is subnormal in float32
+    r.carry(new, old)
+    assert r.taint is not None and list(r.taint) == [True, False]
+
+
+def test_mode_pairs_join_only_modes_with_one_configuration(catalog):
+    adam = catalog.get("adam")
+    assert mode_pairs(adam, "torch") == [("forloop", "fused")]  # foreach rounds scalars; sparse_adam is another optimizer
+    assert mode_pairs(adam, "tensorflow") == [("eager", "function"), ("eager", "xla")]  # not v1
+    cells = {c.id for c in enumerate_cells(catalog, Selection(rules=("adam",), frameworks=("torch",), dtypes=("float32",)))}
+    assert "adam[torch-forloop~fused-cpu-float32]" in cells and "adam[torch-fused-cpu~cuda-float32]" in cells
+    assert sides(Cell("adam", "torch", "fused", "cpu~cuda", "float32"))[1].device == "cuda"
+    # a selection that drops one side drops the cross cell
+    cells = {c.id for c in enumerate_cells(catalog, Selection(rules=("adam",), frameworks=("torch",), modes=("forloop",)))}
+    assert not any("~fused" in c for c in cells)
+
+
+def _perturbing_adapter(tmp_path: Path, factor: float) -> str:
+    path = tmp_path / "perturbed_torch.py"
+    path.write_text(textwrap.dedent(f"""
+        import importlib.util
+        _spec = importlib.util.spec_from_file_location("real_torch_adapter", {adapter_file("torch")!r})
+        real = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(real)
+        FRAMEWORK = "torch"
+        describe = real.describe
+        def run(request):
+            out = real.run(request)
+            if request["mode"] == "fused":
+                out["params"] = out["params"] * {factor!r}
+            return out
+    """))
+    return str(path)
+
+
+@pytest.mark.parametrize("factor, outcome", [(1.0, CONFORMS), (1.0 + 1e-3, DIVERGES)])
+def test_cross_oracle_compares_two_modes_without_a_reference(tmp_path, catalog, factor, outcome):
+    pytest.importorskip("torch")
+    host = WorkerHost("torch", adapter=_perturbing_adapter(tmp_path, factor))
+    try:
+        cell = Cell("adam", "torch", "forloop~fused", "cpu", "float32")
+        result = run_cell(catalog.get("adam"), cell, host, profile=PROFILES["ci"], seed=3, examples=5, database=None)
+    finally:
+        host.close()
+    assert result.outcome == outcome
+    if outcome == DIVERGES:
+        assert "forloop and fused differ beyond the tolerance" in result.minimal.reason
+    else:
+        assert any("agree" in r.reason for r in result.records)
+
+
+def test_worker_python_is_found_by_variable_or_conventional_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv("CONFORMANCE_PYTHON_MXNET", raising=False)
+    assert registry.worker_python("mxnet", root=tmp_path) is None
+    python = tmp_path / ".venv-mxnet" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    assert registry.worker_python("mxnet", root=tmp_path) == str(python)
+    monkeypatch.setenv("CONFORMANCE_PYTHON_MXNET", "/opt/mx/bin/python")
+    assert registry.worker_python("mxnet", root=tmp_path) == "/opt/mx/bin/python"
+    assert "worker_requirements" and registry.entry("mxnet").worker_requirements == ("mxnet==1.9.1", "numpy<1.24")
+
+
+def test_torch_defaults_are_introspected_through_the_worker_protocol(catalog):
+    pytest.importorskip("torch")
+    host = WorkerHost("torch")
+    try:
+        answer = host.defaults({"optimizer": "torch.optim.Adagrad", "mode": "forloop"})
+    finally:
+        host.close()
+    assert answer.status == "ok"
+    assert answer.result["initial_accumulator_value"] == 0 and answer.result["eps"] == 1e-10
+    assert isinstance(InProcessHost("torch").defaults({"optimizer": "torch.optim.Adam", "mode": "forloop"}), Answer)
