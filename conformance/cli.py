@@ -377,6 +377,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     summary = write_summary(out)
     report = write_report(out, summary)
     _print_cells(summary)
+    _print_semantics(summary)
     print(f"summary: {out / 'summary.json'}; report: {report}")
     for r in failed:
         if r.minimal is not None and r.minimal.case is not None:
@@ -410,6 +411,21 @@ def cmd_setup_worker(args: argparse.Namespace, catalog: Catalog) -> int:
     print(f"{e.title} {done.stdout.strip()} ready: {python} (found by `conformance run` from this directory,"
           f" or pass --python {e.name}={python})")
     return 0
+
+
+def _print_semantics(summary: dict[str, Any]) -> None:
+    rows = summary.get("semantics") or []
+    if rows:
+        print("semantics (rule framework/mode: what the cases showed; the spec's declaration in brackets when it differs):")
+        for r in rows:
+            said = "" if r["measured"] == r["expected"] else f" [declared {r['expected']}]"
+            told = ", shown by " + ", ".join(f"{v} {n}" for v, n in r["evidence"].items()) + " case(s)" if r["evidence"] else ""
+            print(f"  {r['rule']:<9} {r['framework'] + '/' + r['mode']:<22} {r['measured']}{said}{told}")
+    differs = [d for d in summary.get("defaults") or [] if d.get("differs")]
+    if differs:
+        print("defaults that differ from the canonical ones (introspected; `conformance list --defaults` shows all):")
+        for d in differs:
+            print(f"  {d['rule']:<9} {d['framework'] + '/' + d['mode']:<22} {d['hyperparameter']}: {d['framework_default']} (canonical {d['canonical_default']}; {d['optimizer']} {d['argument']})")
 
 
 def _safe(text: str) -> str:

@@ -359,6 +359,7 @@ class Verdict:
     stale: bool = False
     explanation: str = ""
     known_issue: str | None = None
+    evidenced: tuple[str, ...] = ()  # declared variants this case needed (without one, it would not match)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -369,6 +370,7 @@ class Verdict:
             "stale": self.stale,
             "explanation": self.explanation,
             "known_issue": self.known_issue,
+            "evidenced": list(self.evidenced),
             "against_expected": self.against_expected.to_json(),
             "against_canonical": self.against_canonical.to_json() if self.against_canonical else None,
         }
@@ -414,9 +416,18 @@ def classify(
                 vs_canonical,
                 explanation=f"matches the canonical rule and the declared {_variant_name(expected)} alike (this case does not tell them apart)",
             )
+        evidenced = expected
+        if len(expected) > 1:
+            # Which of the declared variants did this case need? Drop each in
+            # turn: a variant without which the case no longer matches is shown.
+            evidenced = tuple(
+                v for v in expected if not compare(observed, ref_of(tuple(x for x in expected if x != v)), case.dtype).ok
+            )
         return Verdict(
             KNOWN, expected, expected, vs_expected, vs_canonical,
-            explanation=f"follows the declared variant {_variant_name(expected)}",
+            explanation=f"follows the declared variant {_variant_name(expected)}"
+            + (f" (this case shows {', '.join(evidenced)})" if evidenced != expected else ""),
+            evidenced=evidenced,
         )
     stale = bool(expected) and vs_canonical is not None and vs_canonical.ok
     found: tuple[tuple[str, ...], ...] = ((),) if stale else ()

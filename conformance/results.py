@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from .compare import FAILING, OUTCOMES, UNSUPPORTED
+from .compare import FAILING, KNOWN, OUTCOMES, UNSUPPORTED
 
 SUMMARY = "summary.json"
 SCHEMA = 1
@@ -184,6 +184,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
             for row in (info.get("defaults") or []) if isinstance(info, dict) else []:
                 defaults[(row.get("rule"), fw, row.get("mode"), row.get("hyperparameter"), row.get("argument"))] = row
     ordered = sorted(cells.values(), key=lambda c: c["id"])
+    semantics = _semantics(records)
     totals = Counter(c["outcome"] for c in ordered)
     return {
         "schema": SCHEMA,
@@ -193,8 +194,54 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
         "totals": dict(totals),
         "failed": sorted(c["id"] for c in ordered if c["outcome"] in FAILING),
         "cells": ordered,
+        "semantics": semantics,
         "defaults": [defaults[k] for k in sorted(defaults, key=lambda k: tuple(str(x) for x in k))],
     }
+
+
+def _semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rule and framework mode (over devices and dtypes): the variant the
+    spec declares and what the cases showed. `known-divergence` cases are the
+    ones that tell the declared variant from canonical; `conforms` cases did
+    not tell them apart (or the mode declares canonical)."""
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in records:
+        if "cell_status" in r or r.get("phase") in ("shrink", "minimal") or "~" in r.get("mode", "") or "~" in r.get("device", ""):
+            continue
+        key = (r["rule"], r["framework"], r["mode"])
+        row = rows.setdefault(
+            key,
+            {"rule": key[0], "framework": key[1], "mode": key[2], "expected": None, "distinguishing": 0, "conforms": 0, "diverges": {}, "stale": 0, "evidence": {}},
+        )
+        if "expected" in r and row["expected"] is None:
+            row["expected"] = "+".join(r["expected"]) or "canonical"
+        if r["outcome"] == KNOWN and r.get("matched_variant") and not r.get("known_issue"):
+            row["distinguishing"] += 1
+            for v in r.get("evidenced") or []:
+                _bump(row["evidence"], v)
+        elif r["outcome"] == "conforms":
+            row["conforms"] += 1
+        elif r["outcome"] in FAILING:
+            _bump(row["diverges"], r.get("matched_variant") or "no known variant")
+        if r.get("stale"):
+            row["stale"] += 1
+    out = []
+    for row in rows.values():
+        if row["expected"] is None:
+            continue  # nothing ran (all unsupported)
+        if row["diverges"]:
+            row["measured"] = "diverges"
+        elif row["expected"] == "canonical":
+            row["measured"] = "canonical"
+        else:
+            declared = row["expected"].split("+")
+            shown = [v for v in declared if row["evidence"].get(v)]
+            unshown = [v for v in declared if v not in shown]
+            row["measured"] = "+".join(shown) if shown else "canonical"
+            if unshown:
+                row["measured"] += f" (no case told {', '.join(unshown)} apart)"
+        out.append(row)
+    return sorted(out, key=lambda r: (r["rule"], r["framework"], r["mode"]))
 
 
 def _bump(d: dict[str, int], key: str) -> None:
