@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p.add_argument)
     p.add_argument("--out", metavar="DIR", help="results directory (default: reports/<run-id>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N shards in parallel processes and merge them (default: the number of CPUs, at most 4; 1 runs here)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("setup-worker", help="create a framework's own worker environment (MXNet: .venv-mxnet with numpy<1.24)")
@@ -350,6 +357,10 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     cells = session.cells()
     if not cells:
         raise ValueError("the selection matches no cell (see `conformance list`)")
+    jobs = args.jobs if args.jobs is not None else min(os.cpu_count() or 1, 4)
+    if jobs > 1 and options.shard is None and len(cells) > 1:
+        session.close()
+        return _run_jobs(args, options, out, run_id, min(jobs, len(cells)), len(cells))
     frameworks = sorted({c.framework for c in cells}, key=list(FRAMEWORKS).index)
     env = session.write_environment(frameworks)
     print(f"conformance run {run_id}: {len(cells)} cell(s), profile {options.profile.name}, seed {options.seed}, results in {out}")
@@ -413,6 +424,56 @@ def cmd_setup_worker(args: argparse.Namespace, catalog: Catalog) -> int:
     return 0
 
 
+def _run_jobs(args: argparse.Namespace, options: Any, out: Path, run_id: str, jobs: int, n_cells: int) -> int:
+    """`conformance run` split into `jobs` shards run by child processes
+    (each with its own framework workers), then merged into `out`."""
+    import subprocess
+    import time
+
+    from .report import write_report
+    from .results import write_summary
+
+    drop = {"--jobs", "--out", "--seed", "--shard"}
+    child_args: list[str] = []
+    it = iter(args.argv[1:])  # after the "run" subcommand
+    for a in it:
+        name = a.split("=", 1)[0]
+        if name in drop:
+            if "=" not in a:
+                next(it, None)
+            continue
+        if a == "--no-progress":
+            continue
+        child_args.append(a)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"conformance run {run_id}: {n_cells} cell(s) in {jobs} parallel shards, profile {options.profile.name}, seed {options.seed}, results in {out}")
+    t0 = time.perf_counter()
+    procs = []
+    for k in range(1, jobs + 1):
+        shard_dir = out / f"shard-{k}-of-{jobs}"
+        cmd = [sys.executable, "-m", "conformance", "run", *child_args, "--seed", str(options.seed), "--shard", f"{k}/{jobs}", "--out", str(shard_dir), "--no-progress", "--jobs", "1"]
+        log = open(out / f"shard-{k}-of-{jobs}.log", "w", encoding="utf-8")
+        procs.append((k, shard_dir, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+    codes = {}
+    for k, shard_dir, log, proc in procs:
+        codes[k] = proc.wait()
+        log.close()
+        print(f"  shard {k}/{jobs}: exit {codes[k]} after {time.perf_counter() - t0:.0f} s (log: {out / f'shard-{k}-of-{jobs}.log'})")
+    summary = write_summary(out)  # reads the shard-*/ directories
+    report = write_report(out, summary)
+    _print_cells(summary)
+    _print_semantics(summary)
+    print(f"summary: {out / 'summary.json'}; report: {report}; wall time {time.perf_counter() - t0:.0f} s")
+    for _, shard_dir, _, _ in procs:
+        for case_file in sorted(shard_dir.glob("minimal-*.json")):
+            print(f"replay: conformance replay {case_file} --json")
+    broken = [k for k, c in codes.items() if c not in (0, 1)]
+    if broken:
+        print(f"error: shard(s) {', '.join(map(str, broken))} ended abnormally; see their logs", file=sys.stderr)
+        return 2
+    return 1 if summary["failed"] else 0
+
+
 def _print_semantics(summary: dict[str, Any]) -> None:
     rows = summary.get("semantics") or []
     if rows:
@@ -463,7 +524,9 @@ def cmd_merge(args: argparse.Namespace, catalog: Catalog) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         catalog = load_catalog(args.specs)
         return args.func(args, catalog)

@@ -73,7 +73,8 @@ def read_records(directories: Iterable[str | Path]) -> list[dict[str, Any]]:
     out = []
     for d in directories:
         d = Path(d)
-        files = sorted(d.glob("results*.jsonl")) if d.is_dir() else [d]
+        # (a `--jobs` run keeps its shards in shard-K-of-N/ subdirectories)
+        files = sorted([*d.glob("results*.jsonl"), *d.glob("shard-*/results*.jsonl")]) if d.is_dir() else [d]
         for f in files:
             with open(f, encoding="utf-8") as fh:
                 for n, line in enumerate(fh, 1):
@@ -91,7 +92,7 @@ def read_records(directories: Iterable[str | Path]) -> list[dict[str, Any]]:
 def read_environments(directories: Iterable[str | Path]) -> list[dict[str, Any]]:
     envs = []
     for d in directories:
-        for f in sorted(Path(d).glob("environment*.json")):
+        for f in sorted([*Path(d).glob("environment*.json"), *Path(d).glob("shard-*/environment*.json")]):
             envs.append(json.loads(f.read_text(encoding="utf-8")))
     return envs
 
