@@ -174,8 +174,11 @@ def _run_keras(request: dict[str, Any], dtype, mode: str) -> dict[str, Any]:
     schedule = request.get("lr_schedule")
     wanted = [name for name in request.get("state", ()) if f"{_VAR}_{name}" in slots]
     steps = int(grads.shape[0])
-    out = np.empty((steps,) + shape, dtype=np.float64)
-    state = {name: np.empty((steps,) + shape, dtype=np.float64) for name in wanted}
+    # Kept in the variable's own dtype (the caller widens them to float64
+    # once): a per-step widening on the TensorFlow side costs more than the step.
+    native = var.numpy().dtype
+    out = np.empty((steps,) + shape, dtype=native)
+    state = {name: np.empty((steps,) + shape, dtype=native) for name in wanted}
     for i in range(steps):
         if schedule is not None:
             opt.learning_rate = float(schedule[i])
@@ -203,7 +206,8 @@ def _run_v1(request: dict[str, Any], dtype) -> dict[str, Any]:
     opt = _construct(cls, request["optimizer"], args)
     rows = request.get("sparse_rows")
     steps = int(grads.shape[0])
-    out = np.empty((steps,) + shape, dtype=np.float64)
+    native = var.numpy().dtype
+    out = np.empty((steps,) + shape, dtype=native)
     state: dict[str, np.ndarray] = {}
     for i in range(steps):
         if schedule is not None:
@@ -214,9 +218,9 @@ def _run_v1(request: dict[str, Any], dtype) -> dict[str, Any]:
             slot = opt.get_slot(var, name)
             if slot is None:
                 continue
-            state.setdefault(name, np.empty((steps,) + shape, dtype=np.float64))[i] = _numpy(slot)
+            state.setdefault(name, np.empty((steps,) + shape, dtype=native))[i] = _numpy(slot)
     return {"params": out, "state": state}
 
 
 def _numpy(v) -> np.ndarray:
-    return np.asarray(tf.cast(tf.convert_to_tensor(v), tf.float64).numpy())
+    return v.numpy()
