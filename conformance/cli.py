@@ -19,7 +19,7 @@ from . import __version__
 from .catalog import Catalog, load_catalog, spec_files
 from .registry import FRAMEWORKS, REFERENCE, availability
 from .spec import load_spec
-from .session import add_options, parse_pythons
+from .session import add_options, discover_pythons, parse_pythons
 from .yamlsource import SourceError
 
 EXIT_USAGE = 2
@@ -315,7 +315,7 @@ def cmd_replay(args: argparse.Namespace, catalog: Catalog) -> int:
     from .case import Case
 
     case = Case.load(args.case)
-    data = replay_data(catalog, case, args.isolation, parse_pythons(args.python))
+    data = replay_data(catalog, case, args.isolation, discover_pythons(parse_pythons(args.python)))
     if case.framework != REFERENCE:
         if args.json:
             print(json.dumps(data))

@@ -302,7 +302,7 @@ def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | N
         observed,
         fingerprint=fingerprint,
         hyperparameter_dtype=mode.hyperparameter_dtype,
-        known_issue=mode.known_issue(cell.device, cell.dtype),
+        known_issue=mode.known_issue(cell.device, cell.dtype, hp),
     )
     return Record(
         cell,

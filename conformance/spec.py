@@ -90,6 +90,7 @@ class KnownIssue(_Model):
     modes: list[str] | None = None
     devices: list[str] | None = None
     dtypes: list[Literal["float16", "bfloat16", "float32", "float64"]] | None = None
+    when: str | None = Field(default=None, description="only for cases whose hyperparameters make this true")
 
 
 class SparseDecl(_Model):
@@ -233,11 +234,14 @@ class ModeConfig:
     gradients: str = "dense"
     hyperparameter_dtype: str = "float64"
     known_issues: tuple[KnownIssue, ...] = ()
+    known_issue_whens: tuple[Expression | None, ...] = ()  # each known issue's `when`, compiled
     input_dtypes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (hyperparameter, roundings) as the framework stores it
 
-    def known_issue(self, device: str, dtype: str) -> KnownIssue | None:
-        for issue in self.known_issues:
+    def known_issue(self, device: str, dtype: str, hyperparameters: dict[str, Any] | None = None) -> KnownIssue | None:
+        for issue, when in zip(self.known_issues, self.known_issue_whens or (None,) * len(self.known_issues)):
             if (issue.devices is None or device in issue.devices) and (issue.dtypes is None or dtype in issue.dtypes):
+                if when is not None and (hyperparameters is None or not bool(when(hyperparameters))):
+                    continue
                 return issue
         return None
 
@@ -609,6 +613,11 @@ def _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, sr
         gradients=mm.gradients or "dense",
         hyperparameter_dtype=mm.hyperparameter_dtype or section.hyperparameter_dtype,
         known_issues=tuple(k for k in section.known_issues if k.modes is None or mode_name in k.modes),
+        known_issue_whens=tuple(
+            expr(base + ("known_issues", i, "when"), k.when, hp_names) if k.when is not None else None
+            for i, k in enumerate(section.known_issues)
+            if k.modes is None or mode_name in k.modes
+        ),
         input_dtypes=tuple(_input_dtypes(mm, section, hp_names, src, base, mpath).items()),
     )
 
