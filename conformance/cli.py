@@ -254,23 +254,31 @@ def replay_data(catalog: Catalog, case, isolation: str = "worker", pythons: dict
 def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, str]) -> dict[str, Any]:
     from .execution import make_host
     from .kernel import run_case
+    from .cross import execute_cross, is_cross, sides
     from .runner import Cell, execute
 
     spec = catalog.get(case.rule)
     if case.mode is None or case.device is None:
         raise ValueError(f"a {case.framework} case needs \"mode\" and \"device\"")
-    spec.mode(case.framework, case.mode)
+    cell = Cell(case.rule, case.framework, case.mode, case.device, case.dtype)
+    cross = is_cross(cell)
+    first = sides(cell)[0] if cross else cell
+    spec.mode(case.framework, first.mode)
     if case.framework not in pythons:
         a = availability(case.framework)
         if a.reason:
             raise ValueError(f"cannot replay on {case.framework}: {a.reason}")
-    cell = Cell(case.rule, case.framework, case.mode, case.device, case.dtype)
     host = make_host(case.framework, "worker" if case.framework in pythons else isolation, pythons.get(case.framework))
     try:
-        record = execute(spec, cell, case, host)
+        if cross:
+            from dataclasses import replace
+
+            record = execute_cross(spec, cell, replace(case, mode=first.mode, device=first.device), host)
+        else:
+            record = execute(spec, cell, case, host)
     finally:
         host.close()
-    mode = spec.mode(case.framework, case.mode)
+    mode = spec.mode(case.framework, first.mode)
     ref = run_case(spec, case, variants=mode.expect)
     out: dict[str, Any] = {
         "rule": case.rule,
@@ -345,6 +353,7 @@ def cmd_replay(args: argparse.Namespace, catalog: Catalog) -> int:
 def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     import time
 
+    from .cross import is_cross
     from .report import write_report
     from .results import write_summary
     from .session import Options, Session
@@ -393,7 +402,12 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     for r in failed:
         if r.minimal is not None and r.minimal.case is not None:
             case_file = out / f"minimal-{_safe(r.cell.id)}.json"
-            case_file.write_text(r.minimal.case.to_json(indent=1), encoding="utf-8")
+            minimal = r.minimal.case
+            if is_cross(r.cell):  # replayed as the cross cell: both sides
+                from dataclasses import replace
+
+                minimal = replace(minimal, mode=r.cell.mode, device=r.cell.device)
+            case_file.write_text(minimal.to_json(indent=1), encoding="utf-8")
             print(f"replay {r.cell.id}: conformance replay {case_file} --json")
     return 1 if summary["failed"] else 0
 
