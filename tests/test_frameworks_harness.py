@@ -140,3 +140,24 @@ def test_torch_defaults_are_introspected_through_the_worker_protocol(catalog):
     assert answer.status == "ok"
     assert answer.result["initial_accumulator_value"] == 0 and answer.result["eps"] == 1e-10
     assert isinstance(InProcessHost("torch").defaults({"optimizer": "torch.optim.Adam", "mode": "forloop"}), Answer)
+
+
+def test_jobs_run_shards_in_parallel_and_merge_them(tmp_path):
+    pytest.importorskip("torch")
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "conformance", "run", "--frameworks", "torch", "--rules", "sgd", "--dtypes", "float32",
+         "--devices", "cpu", "--examples", "3", "--seed", "1", "--jobs", "2", "--out", str(out)],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (out / "shard-1-of-2").is_dir() and (out / "shard-2-of-2").is_dir()
+    summary = json.loads((out / "summary.json").read_text())
+    ids = {c["id"] for c in summary["cells"]}
+    assert {"sgd[torch-forloop-cpu-float32]", "sgd[torch-fused-cpu-float32]", "sgd[torch-forloop~fused-cpu-float32]"} <= ids
+    assert any(d["framework"] == "torch" for d in summary["defaults"])
+    assert {r["mode"] for r in summary["semantics"]} >= {"forloop", "foreach", "fused"}
