@@ -364,8 +364,12 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     out = Path(args.out) if args.out else Path("reports") / run_id
     session = Session(catalog, options, out)
     cells = session.cells()
-    if not cells:
+    if not cells and options.shard is None:
         raise ValueError("the selection matches no cell (see `conformance list`)")
+    if not cells:
+        print(f"conformance run: shard {options.shard[0]}/{options.shard[1]} has no cell of this selection")
+        session.close()
+        return 0
     jobs = args.jobs if args.jobs is not None else min(os.cpu_count() or 1, 4)
     if jobs > 1 and options.shard is None and len(cells) > 1:
         session.close()
