@@ -55,7 +55,13 @@ def rows_for_mode(spec: Spec, mode: ModeConfig, native: dict[str, Any]) -> list[
                 measured = measured[index] if isinstance(measured, (list, tuple)) and len(measured) > index else None
         canon = spec.hyperparameters[canonical].default
         declared = mode.defaults.get(canonical)
-        has_default = measured is not None and measured != REQUIRED
+        has_default = measured != REQUIRED and arg in native
+        if measured is None and has_default:
+            # None conventionally means "off": the same as a canonical 0 or
+            # False (Keras weight_decay=None, Optax momentum=None), but not
+            # as a canonical nonzero value (optax.adadelta learning_rate=None
+            # skips the lr scaling altogether).
+            note = "None (off)" if canon in (0, False) else f"None: {mode.optimizer} does something else than {canonical}={canon}"
         rows.append(
             {
                 "rule": spec.rule,
@@ -66,7 +72,7 @@ def rows_for_mode(spec: Spec, mode: ModeConfig, native: dict[str, Any]) -> list[
                 "argument": arg if index is None else f"{arg}[{index}]",
                 "framework_default": measured,
                 "canonical_default": canon,
-                "differs": has_default and not same(measured, canon),
+                "differs": has_default and (canon not in (0, False) if measured is None else not same(measured, canon)),
                 "required": measured == REQUIRED,
                 "declared": declared,
                 "stale_declaration": declared is not None and measured is not None and not same(measured, declared),
