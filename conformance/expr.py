@@ -147,7 +147,7 @@ def _rounded_node(node: Node) -> Node:
 
 
 def compile_expression(
-    source: str, known: set[str] | frozenset[str] | None = None, *, rounded: bool = False
+    source: str, known: set[str] | frozenset[str] | None = None, *, rounded: bool = False, allow_none: bool = False
 ) -> Expression:
     """Parse and compile `source`; names not in `known` are an error (if given).
 
@@ -174,6 +174,9 @@ def compile_expression(
             value = node.value
             if isinstance(value, bool) or (isinstance(value, (int, float)) and not isinstance(value, complex)):
                 return lambda env, v=value: (v, False)
+            if value is None and allow_none:
+                # a framework argument's "off" (optax momentum=None); never in a step
+                return lambda env: (None, False)
             raise fail(node, f"constant {value!r}")
         if isinstance(node, ast.Name):
             if node.id in FUNCTIONS:

@@ -444,9 +444,11 @@ def _build(rule: str, file: str, model: SpecModel, src: Located) -> Spec:
         if not name.isidentifier() or name in STEP_INPUTS or name in hp or name in FUNCTIONS:
             raise src.error(("state", name), f"{name!r} cannot be a state slot name (it clashes)")
 
-    def expr(path: KeyPath, source: Any, known: set[str]) -> Expression:
+    def expr(path: KeyPath, source: Any, known: set[str], allow_none: bool = False) -> Expression:
         try:
-            return compile_expression(str(source) if isinstance(source, (int, float)) else source, known)
+            return compile_expression(
+                str(source) if isinstance(source, (int, float)) else source, known, allow_none=allow_none
+            )
         except ExprError as exc:
             raise src.error(path, str(exc)) from None
 
@@ -565,10 +567,11 @@ def _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, sr
     args_path = mpath + ("args",) if mm.args is not None else base + ("args",)
     args: dict[str, Any] = {}
     for native, value in args_src.items():
+        # An argument may be None (a framework's "off", e.g. optax momentum=None).
         if isinstance(value, list):
-            args[native] = tuple(expr(args_path + (native, i), v, hp_names) for i, v in enumerate(value))
+            args[native] = tuple(expr(args_path + (native, i), v, hp_names, True) for i, v in enumerate(value))
         else:
-            args[native] = expr(args_path + (native,), value, hp_names)
+            args[native] = expr(args_path + (native,), value, hp_names, True)
     state = mm.state if mm.state is not None else section.state
     for native, canonical in state.items():
         # "-b": the framework stores the negated slot (e.g. a velocity kept

@@ -161,3 +161,14 @@ def test_jobs_run_shards_in_parallel_and_merge_them(tmp_path):
     assert {"sgd[torch-forloop-cpu-float32]", "sgd[torch-fused-cpu-float32]", "sgd[torch-forloop~fused-cpu-float32]"} <= ids
     assert any(d["framework"] == "torch" for d in summary["defaults"])
     assert {r["mode"] for r in summary["semantics"]} >= {"forloop", "foreach", "fused"}
+
+
+def test_none_is_an_argument_value_but_never_a_step_value(catalog):
+    from conformance.expr import ExprError, compile_expression
+
+    with pytest.raises(ExprError):
+        compile_expression("momentum if momentum != 0 else None", {"momentum"})
+    off = compile_expression("momentum if momentum != 0 else None", {"momentum"}, allow_none=True)
+    assert off({"momentum": 0.0}) is None and off({"momentum": 0.9}) == 0.9
+    mode = catalog.get("sgd").mode("jax", "jit")
+    assert mode.native_args(catalog.get("sgd").resolve({"momentum": 0.0}))["momentum"] is None
