@@ -163,7 +163,10 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(device="cpu", dtype=torch.float64).numpy()
+    # In the tensor's own dtype where numpy has it (the caller widens to
+    # float64 once); bfloat16, which numpy lacks, goes out as float32 (exact).
+    dtype = torch.float32 if t.dtype == torch.bfloat16 else t.dtype
+    return t.detach().to(device="cpu", dtype=dtype).numpy()
 
 
 def _show(args: dict[str, Any]) -> str:
