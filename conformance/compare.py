@@ -52,7 +52,7 @@ FAILING = frozenset({DIVERGES, CRASH})
 class Tolerance:
     noise_factor: float
     floor_ulps: float
-    samples: int = 4  # rounded runs: one to nearest, the rest jittered
+    samples: int = 4  # rounded runs: to nearest, directed up, directed down, random jitter
 
     def merged(self, override: Any) -> "Tolerance":
         """This tolerance with a spec's `tolerance.<dtype>` fields applied."""
@@ -206,7 +206,12 @@ def reference(
         noise_s = {k: np.zeros(v.shape) for k, v in exact.state.items()}
         taint = np.zeros(exact.params.shape, dtype=bool)
         for i in range(max(tol.samples, 1)):
-            rounding = Rounding(case.dtype, rng if i else None, hyperparameter_dtype)
+            # Sample 0 rounds to nearest; 1 and 2 round every operation in one
+            # direction (up, then down: a rounding bias that accumulates
+            # through cancellation, e.g. m + (g - m)(1 - beta1) with a small
+            # beta1, which random jitter underestimates); the rest jitter at random.
+            jitter = None if i == 0 else _Directed(1.0) if i == 1 else _Directed(-1.0) if i == 2 else rng
+            rounding = Rounding(case.dtype, jitter, hyperparameter_dtype)
             rounded = run_case_rounded(spec, case, variants, rounding)
             noise_p = _worse(noise_p, exact.params, rounded.params)
             for k in noise_s:
@@ -229,6 +234,18 @@ def reference(
         bound_p = np.where(taint, np.inf, bound_p)
         bound_s = {k: np.where(taint, np.inf, b) for k, b in bound_s.items()}
     return Reference(variants, Trajectories(params, state), Trajectories(bound_p, bound_s))
+
+
+class _Directed:
+    """Stands in for the random generator of `Rounding`: every draw is
+    `direction`, so every operation is pushed one unit roundoff the same way
+    (directed rounding, as in interval or CESTAC-style error estimates)."""
+
+    def __init__(self, direction: float):
+        self.direction = direction
+
+    def uniform(self, low: float, high: float, size: Any = None) -> Any:
+        return self.direction if size is None else np.full(size, self.direction)
 
 
 def run_case_rounded(spec: Spec, case: Case, variants: tuple[str, ...], rounding: Rounding):
