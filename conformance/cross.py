@@ -71,16 +71,14 @@ def mode_pairs(spec: Spec, framework: str) -> list[tuple[str, str]]:
 
 def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: float | None = None) -> Any:
     """Run `case` through both sides of a cross cell and compare them."""
-    from .runner import Record, build_request, observed_trajectories, stored_inputs
+    from .runner import Record, build_request, observed_trajectories, skip_reason, stored_inputs
 
     t0 = time.perf_counter()
     first, second = sides(cell)
     mode = spec.mode(first.framework, first.mode)
     case = stored_inputs(spec, mode, case)
     hp = spec.resolve(case.hyperparameters)
-    why = mode.unsupported_reason(hp)
-    if why is None and case.lr_schedule is not None and mode.lr_arg is None:
-        why = "this mode's learning rate cannot be set per step (no native argument maps to lr)"
+    why = skip_reason(mode, case, hp)
     if why is not None:
         return Record(cell, UNSUPPORTED, why, case=case, seconds=time.perf_counter() - t0)
     observed: list[Trajectories] = []

@@ -273,17 +273,23 @@ def observed_trajectories(mode: ModeConfig, result: dict[str, Any], steps: int, 
     return Trajectories(params, state)
 
 
+def skip_reason(mode: ModeConfig, case: Case, hp: dict[str, Any]) -> str | None:
+    """Why this mode cannot run this case at all (an `unsupported` outcome), or None."""
+    why = mode.unsupported_reason(hp)
+    if why is None and case.lr_schedule is not None and mode.lr_arg is None:
+        why = "this mode's learning rate cannot be set per step (no native argument maps to lr)"
+    if why is None and mode.gradients == "sparse" and case.sparse_rows is None:
+        why = f"{mode.optimizer} takes sparse gradients only; this case is dense"
+    return why
+
+
 def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | None = None, fingerprint: bool = True) -> Record:
     """Run one case through the framework and judge it. Never raises for a framework's fault."""
     t0 = time.perf_counter()
     mode = spec.mode(cell.framework, cell.mode)
     case = stored_inputs(spec, mode, case)
     hp = spec.resolve(case.hyperparameters)
-    why = mode.unsupported_reason(hp)
-    if why is None and case.lr_schedule is not None and mode.lr_arg is None:
-        why = "this mode's learning rate cannot be set per step (no native argument maps to lr)"
-    if why is None and mode.gradients == "sparse" and case.sparse_rows is None:
-        why = f"{mode.optimizer} takes sparse gradients only; this case is dense"
+    why = skip_reason(mode, case, hp)
     if why is not None:
         return Record(cell, UNSUPPORTED, why, case=case, seconds=time.perf_counter() - t0)
     answer = host.run(build_request(spec, mode, case), timeout)
