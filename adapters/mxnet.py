@@ -314,7 +314,15 @@ def _ndarray(a: np.ndarray, ctx, dtype):
 
 
 def _sparse_gradient(g: np.ndarray, rows: Any, ctx, dtype):
-    """A row_sparse gradient holding rows `rows` of `g` (the other rows are zero)."""
+    """A row_sparse gradient holding rows `rows` of `g` (the other rows are zero).
+
+    A row_sparse array lists each row once, in ascending order. MXNet does not
+    check it (only check_format(full_check=True) does), and the non-lazy
+    sgd_mom_update and adam_update kernels silently put slices on the wrong
+    rows for repeated or unsorted indices; so rows are sorted, and a case that
+    repeats a row is refused rather than summed here."""
+    if len(set(rows)) != len(rows):
+        raise NotImplementedError("an MXNet row_sparse array cannot list a row twice (its indices must be unique and ascending)")
     index = np.asarray(sorted(rows), dtype=np.int64)
     data = g[index] if index.size else np.zeros((0,) + g.shape[1:])
     return mx.nd.sparse.row_sparse_array(

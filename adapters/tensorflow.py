@@ -119,11 +119,25 @@ def _device(name: str) -> str:
     raise NotImplementedError(f"unknown TensorFlow device {name!r} (known: {', '.join(DEVICES)})")
 
 
-def _gradient(g: tf.Tensor, rows: Any, shape: tuple[int, ...]):
+def _gradient(g: tf.Tensor, rows: Any, shape: tuple[int, ...], values: Any = None):
+    """The step's gradient: dense, or tf.IndexedSlices (what tf.gather and
+    embedding lookups produce) listing `rows` in the given order, a row
+    listed twice with one slice each (`values`)."""
     if rows is None:
         return g
     index = tf.constant(list(rows), dtype=tf.int64)
-    return tf.IndexedSlices(tf.gather(g, index), index, dense_shape=tf.constant(shape, dtype=tf.int64))
+    if values is None:
+        sliced = tf.gather(g, index)
+    else:
+        sliced = tf.cast(tf.constant(np.asarray(values, dtype=np.float64).reshape((len(rows),) + tuple(shape[1:]))), g.dtype)
+    return tf.IndexedSlices(sliced, index, dense_shape=tf.constant(shape, dtype=tf.int64))
+
+
+def _step_gradient(request: dict[str, Any], grads: tf.Tensor, i: int, shape: tuple[int, ...]):
+    rows, values = request.get("sparse_rows"), request.get("sparse_values")
+    if rows is None:
+        return grads[i]
+    return _gradient(grads[i], rows[i], shape, values[i] if values is not None else None)
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
@@ -161,8 +175,6 @@ def _run_keras(request: dict[str, Any], dtype, mode: str) -> dict[str, Any]:
     opt.build([var])
     slots = {v.name: v for v in opt.variables}
 
-    rows = request.get("sparse_rows")
-
     def apply(g):
         opt.apply_gradients([(g, var)])
 
@@ -182,7 +194,7 @@ def _run_keras(request: dict[str, Any], dtype, mode: str) -> dict[str, Any]:
     for i in range(steps):
         if schedule is not None:
             opt.learning_rate = float(schedule[i])
-        apply(_gradient(grads[i], rows[i] if rows is not None else None, shape))
+        apply(_step_gradient(request, grads, i, shape))
         out[i] = _numpy(var)
         for name in wanted:
             state[name][i] = _numpy(slots[f"{_VAR}_{name}"])
@@ -204,7 +216,6 @@ def _run_v1(request: dict[str, Any], dtype) -> dict[str, Any]:
         args[lr_arg] = lambda: current[0]
         current[0] = float(schedule[0])
     opt = _construct(cls, request["optimizer"], args)
-    rows = request.get("sparse_rows")
     steps = int(grads.shape[0])
     native = var.numpy().dtype
     out = np.empty((steps,) + shape, dtype=native)
@@ -212,7 +223,7 @@ def _run_v1(request: dict[str, Any], dtype) -> dict[str, Any]:
     for i in range(steps):
         if schedule is not None:
             current[0] = float(schedule[i])
-        opt.apply_gradients([(_gradient(grads[i], rows[i] if rows is not None else None, shape), var)])
+        opt.apply_gradients([(_step_gradient(request, grads, i, shape), var)])
         out[i] = _numpy(var)
         for name in request.get("state", ()):
             slot = opt.get_slot(var, name)

@@ -107,11 +107,17 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _gradient(g: torch.Tensor, rows: Any) -> torch.Tensor:
+def _gradient(g: torch.Tensor, rows: Any, values: Any = None) -> torch.Tensor:
+    """The step's gradient: dense, or a sparse COO tensor listing `rows` in
+    the given order (uncoalesced: a row listed twice has one slice each)."""
     if rows is None:
         return g.clone()
     index = torch.tensor([list(rows)], dtype=torch.int64, device=g.device)
-    return torch.sparse_coo_tensor(index, g[list(rows)], g.shape, check_invariants=True)
+    if values is None:
+        sliced = g[list(rows)]
+    else:
+        sliced = torch.tensor(np.asarray(values, dtype=np.float64), dtype=g.dtype, device=g.device).reshape((len(rows),) + tuple(g.shape[1:]))
+    return torch.sparse_coo_tensor(index, sliced, g.shape, check_invariants=True)
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +143,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
 
     steps = grads.shape[0]
     lr_arg, schedule = request.get("lr_arg"), request.get("lr_schedule")
-    rows = request.get("sparse_rows")
+    rows, values = request.get("sparse_rows"), request.get("sparse_values")
     wanted = list(request.get("state", ()))
     out = torch.empty((steps,) + tuple(p.shape), dtype=dtype, device=device)
     state_out: dict[str, torch.Tensor] = {}
@@ -145,7 +151,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         if schedule is not None:
             for group in opt.param_groups:
                 group[lr_arg] = float(schedule[i])
-        p.grad = _gradient(grads[i], rows[i] if rows is not None else None)
+        p.grad = _gradient(grads[i], rows[i] if rows is not None else None, values[i] if values is not None else None)
         opt.step()
         with torch.no_grad():
             out[i].copy_(p)

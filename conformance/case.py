@@ -36,9 +36,10 @@ class _CaseModel(BaseModel):
     dtype: str
     hyperparameters: dict[str, StrictBool | float] = {}
     params: Any
-    grads: list[Any]
+    grads: list[Any] | None = None
     lr_schedule: list[float] | None = None
     sparse_rows: list[list[StrictInt]] | None = None
+    sparse_values: list[list[Any]] | None = None
     seed: int | None = None
 
 
@@ -54,7 +55,12 @@ class Case:
     mode: str | None = None
     device: str | None = None
     lr_schedule: tuple[float, ...] | None = None
+    # Per step, the rows the sparse gradient lists (a row may be listed more
+    # than once: its slices are summed) ...
     sparse_rows: tuple[tuple[int, ...], ...] | None = None
+    # ... and, when a row repeats, one slice per listed row (float64, rounded
+    # to `dtype`); `grads` is then their sum, rounded once to `dtype`.
+    sparse_values: tuple[np.ndarray, ...] | None = None
     seed: int | None = None
 
     @property
@@ -90,14 +96,37 @@ class Case:
         if variant and m.framework != REFERENCE:
             raise err(("variant",), "a variant can only be asked of the reference kernel; frameworks run what they run")
         params = _array(m.params, ("params",), err)
-        if not m.grads:
+        values = None
+        if m.sparse_values is not None:
+            if m.sparse_rows is None:
+                raise err(("sparse_values",), "sparse_values need sparse_rows (the row of every slice)")
+            if len(m.sparse_values) != len(m.sparse_rows):
+                raise err(("sparse_values",), f"{len(m.sparse_values)} steps of slices for {len(m.sparse_rows)} row lists")
+            values = []
+            for i, (step_values, step_rows) in enumerate(zip(m.sparse_values, m.sparse_rows)):
+                a = np.zeros((len(step_rows),) + params.shape[1:]) if not step_values else _array(step_values, ("sparse_values", i), err)
+                if a.shape != (len(step_rows),) + params.shape[1:]:
+                    raise err(
+                        ("sparse_values", i),
+                        f"slices of shape {a.shape}, expected {(len(step_rows),) + params.shape[1:]} (one row per listed index)",
+                    )
+                values.append(round_to(a, m.dtype))
+        if m.grads is None:
+            if values is None:
+                raise err(("grads",), "missing required key")
+            grads = [_scatter_sum(params.shape, r, v, m.dtype) for r, v in zip(m.sparse_rows, values) if _rows_ok(r, params)]
+            if len(grads) != len(values):
+                bad = next(i for i, r in enumerate(m.sparse_rows) if not _rows_ok(r, params))
+                raise err(("sparse_rows", bad), f"a row is outside 0..{params.shape[0] - 1 if params.ndim else 0}")
+        else:
+            grads = []
+            for i, g in enumerate(m.grads):
+                a = _array(g, ("grads", i), err)
+                if a.shape != params.shape:
+                    raise err(("grads", i), f"gradient shape {a.shape} differs from params shape {params.shape}")
+                grads.append(a)
+        if not grads:
             raise err(("grads",), "at least one step (one gradient) is required")
-        grads = []
-        for i, g in enumerate(m.grads):
-            a = _array(g, ("grads", i), err)
-            if a.shape != params.shape:
-                raise err(("grads", i), f"gradient shape {a.shape} differs from params shape {params.shape}")
-            grads.append(a)
         grads_arr = np.stack(grads)
         steps = len(grads)
         lr = None
@@ -116,10 +145,16 @@ class Case:
                 for j, r in enumerate(step_rows):
                     if not 0 <= r < n:
                         raise err(("sparse_rows", i, j), f"row {r} is outside 0..{n - 1}")
+                if values is None and len(set(step_rows)) != len(step_rows):
+                    raise err(("sparse_rows", i), "a row is listed twice: give its slices in sparse_values")
                 untouched = np.ones(n, dtype=bool)
                 untouched[list(step_rows)] = False
                 if np.any(grads_arr[i][untouched] != 0):
                     raise err(("grads", i), "a row not listed in sparse_rows has a nonzero gradient")
+                if values is not None:
+                    total = _scatter_sum(params.shape, step_rows, values[i], m.dtype)
+                    if not np.array_equal(total, round_to(grads_arr[i], m.dtype)):
+                        raise err(("grads", i), "differs from the sum of the step's sparse_values (rounded to the dtype)")
             rows = tuple(tuple(r) for r in m.sparse_rows)
         return cls(
             rule=m.rule,
@@ -133,6 +168,7 @@ class Case:
             device=m.device,
             lr_schedule=lr,
             sparse_rows=rows,
+            sparse_values=tuple(values) if values is not None else None,
             seed=m.seed,
         )
 
@@ -163,12 +199,48 @@ class Case:
             out["lr_schedule"] = list(self.lr_schedule)
         if self.sparse_rows is not None:
             out["sparse_rows"] = [list(r) for r in self.sparse_rows]
+        if self.sparse_values is not None:
+            out["sparse_values"] = [v.tolist() for v in self.sparse_values]
         if self.seed is not None:
             out["seed"] = self.seed
         return out
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
+
+    # ---- sparse gradients -------------------------------------------------
+
+    def slices(self, step: int) -> tuple[tuple[int, ...], np.ndarray]:
+        """The step's sparse gradient as (row indices, one slice per index), in listed order."""
+        if self.sparse_rows is None:
+            raise ValueError("this case has dense gradients")
+        rows = self.sparse_rows[step]
+        if self.sparse_values is not None:
+            return rows, self.sparse_values[step]
+        return rows, self.grads[step][list(rows)].reshape((len(rows),) + self.shape[1:])
+
+    def slice_squares(self, step: int) -> np.ndarray:
+        """Sum over the step's slices of slice*slice (float64), placed at their rows:
+        g*g unless a row is listed twice (then the squares of its parts)."""
+        if self.sparse_values is None:
+            return self.grads[step] * self.grads[step]
+        rows, values = self.slices(step)
+        out = np.zeros(self.shape)
+        np.add.at(out, list(rows), values * values)
+        return out
+
+
+def _rows_ok(rows: list[int], params: np.ndarray) -> bool:
+    return params.ndim >= 1 and all(0 <= r < params.shape[0] for r in rows)
+
+
+def _scatter_sum(shape: tuple[int, ...], rows: Any, values: np.ndarray, dtype: str) -> np.ndarray:
+    """The dense gradient of one step: the slices summed per row in float64, rounded once to `dtype`
+    (exact IEEE addition for a row listed twice; strategies list a row at most twice)."""
+    out = np.zeros(shape)
+    if len(rows):
+        np.add.at(out, list(rows), values)
+    return round_to(out, dtype)
 
 
 def _array(value: Any, path, err) -> np.ndarray:

@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="ask each available framework for its default hyperparameters (introspected) and show where they differ from the canonical ones",
     )
+    p.add_argument(
+        "--sparse",
+        nargs="?",
+        const="",
+        metavar="RESULTS_DIR",
+        help="the sparse-semantics table (dense / lazy / unsupported per rule and framework mode), as measured by a run:"
+        " RESULTS_DIR, or the newest run under reports/; the spec's declarations where nothing was measured",
+    )
     p.add_argument("--frameworks", metavar="LIST", help="with --defaults: comma-separated frameworks (default: all available)")
     p.add_argument("--rules", metavar="LIST", help="with --defaults: comma-separated rules (default: all)")
     p.add_argument("--python", action="append", metavar="FRAMEWORK=PYTHON", help="run FRAMEWORK's worker under this interpreter (repeatable)")
@@ -175,7 +183,69 @@ def print_defaults(data: dict[str, Any]) -> None:
         print(f"  {fw}: not available: {why}")
 
 
+def sparse_data(catalog: Catalog, results: str) -> dict[str, Any]:
+    """Declared sparse semantics per rule and framework mode, with what a run measured."""
+    from .results import read_records, _sparse_semantics
+
+    source = Path(results) if results else _newest_run(Path("reports"))
+    measured = {}
+    if source is not None and source.exists():
+        measured = {(r["rule"], r["framework"], r["mode"]): r for r in _sparse_semantics(read_records([source]))}
+    rows = []
+    for spec in catalog:
+        for (fw, mode_name), mode in spec.modes.items():
+            m = measured.get((spec.rule, fw, mode_name))
+            rows.append({
+                "rule": spec.rule,
+                "framework": fw,
+                "mode": mode_name,
+                "optimizer": mode.optimizer,
+                "declared": mode.sparse.semantics + (f" (lazy when {mode.sparse.lazy_when})" if mode.sparse.lazy_when else ""),
+                "sparse_expect": [v for v in mode.sparse_expect() if v not in mode.expect and v != "lazy"],
+                "cite": mode.sparse.cite,
+                "measured": m["measured"] if m else None,
+                "cases": m["cases"] if m else {},
+                "oracle": m["oracle"] if m else {},
+                "reason": (m or {}).get("reason") or (mode.unsupported_reason({}, sparse=True) if mode.sparse.semantics == "unsupported" else None),
+            })
+    return {"results": str(source) if source is not None and measured else None, "rows": rows}
+
+
+def _newest_run(root: Path) -> Path | None:
+    runs = [p.parent for p in root.glob("*/summary.json")]
+    return max(runs, key=lambda p: (p / "summary.json").stat().st_mtime) if runs else None
+
+
+def print_sparse(rows: list[dict[str, Any]], source: str | None) -> None:
+    print(
+        "Sparse gradients (rule framework/mode: measured [declared]; cases: how many showed dense, lazy,"
+        " or could not tell; sparse~dense: the same gradient given sparse and dense)"
+        + (f", from {source}:" if source else "; no run measured them yet (`conformance run --gradients sparse,sparse~dense`):")
+    )
+    for r in rows:
+        declared = r["declared"] + ("+" + "+".join(r["sparse_expect"]) if r.get("sparse_expect") else "")
+        measured = r["measured"] or ("unsupported (declared; not run)" if r["declared"] == "unsupported" else "not measured")
+        said = "" if r["measured"] in (r["declared"], "indistinguishable") and not r.get("sparse_expect") else f" [declared {declared}]"
+        if r["measured"] == "unsupported" or (r["measured"] is None and r["declared"] == "unsupported"):
+            said, detail = "", f": {r.get('reason') or ''}"
+        else:
+            cases = ", ".join(f"{k} {v}" for k, v in sorted((r.get("cases") or {}).items()))
+            o = r.get("oracle") or {}
+            oracle = ""
+            if any(o.values()):
+                oracle = f"; sparse~dense: same {o.get('same', 0)} (bit-identical {o.get('bit_identical', 0)}), differs {o.get('differs', 0)}, diverges {o.get('diverges', 0)}"
+            detail = f" (cases: {cases}{oracle})" if cases or oracle else ""
+        print(f"  {r['rule']:<9} {r['framework'] + '/' + r['mode']:<22} {measured}{said}{detail}")
+
+
 def cmd_list(args: argparse.Namespace, catalog: Catalog) -> int:
+    if args.sparse is not None:
+        data = sparse_data(catalog, args.sparse)
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            print_sparse(data["rows"], data["results"])
+        return 0
     if args.defaults:
         data = defaults_data(catalog, args)
         if args.json:
@@ -493,6 +563,11 @@ def _run_jobs(args: argparse.Namespace, options: Any, out: Path, run_id: str, jo
 
 
 def _print_semantics(summary: dict[str, Any]) -> None:
+    sparse = [r for r in summary.get("sparse") or [] if r["measured"] != "unsupported"]
+    if sparse:
+        print_sparse(
+            [dict(r, declared=r["declared"] or "?", sparse_expect=[]) for r in sparse], "this run"
+        )
     rows = summary.get("semantics") or []
     if rows:
         print("semantics (rule framework/mode: what the cases showed; the spec's declaration in brackets when it differs):")

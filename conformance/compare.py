@@ -257,6 +257,7 @@ def run_case_rounded(spec: Spec, case: Case, variants: tuple[str, ...], rounding
         variants=variants,
         lr_schedule=case.lr_schedule,
         sparse_rows=case.sparse_rows,
+        slice_squares=[case.slice_squares(i) for i in range(case.steps)] if case.sparse_values is not None else None,
         compute_dtype="longdouble",
         rounding=rounding,
         case_dtype=case.dtype,
@@ -377,9 +378,13 @@ class Verdict:
     explanation: str = ""
     known_issue: str | None = None
     evidenced: tuple[str, ...] = ()  # declared variants this case needed (without one, it would not match)
+    # sparse cases: which semantics the untouched rows showed ("dense", "lazy",
+    # "either" where this case cannot tell them apart, "neither")
+    sparse: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "sparse_semantics": self.sparse,
             "outcome": self.outcome,
             "expected": list(self.expected),
             "matched_variant": _variant_name(self.matched_variant),
@@ -418,12 +423,32 @@ def classify(
         return reference(spec, case, variants, tol, hyperparameter_dtype=hyperparameter_dtype)
 
     vs_expected = compare(observed, ref_of(expected), case.dtype)
+    sparse, toggled = None, None
+    if case.sparse_rows is not None:
+        # The same declared variants under the other sparse semantics: which
+        # of the two the framework's untouched rows follow is measured per case.
+        toggled = tuple(v for v in expected if v != "lazy") if "lazy" in expected else expected + ("lazy",)
+        vs_toggled = compare(observed, ref_of(toggled), case.dtype)
+        lazy_ok, dense_ok = (vs_expected.ok, vs_toggled.ok) if "lazy" in expected else (vs_toggled.ok, vs_expected.ok)
+        sparse = "either" if lazy_ok and dense_ok else "lazy" if lazy_ok else "dense" if dense_ok else "neither"
+        if not vs_expected.ok and vs_toggled.ok:
+            where = (
+                f"step {vs_expected.first_divergent_step}, {vs_expected.slot}"
+                f"{list(vs_expected.element) if vs_expected.element else ''}:"
+                f" got {vs_expected.observed_value!r}, expected {vs_expected.expected_value!r}"
+                f" within {vs_expected.bound_value!r}"
+            )
+            declared = "lazy" if "lazy" in expected else "dense"
+            text = f"the untouched rows follow {sparse} sparse semantics, not the declared {declared} ({where})"
+            if known_issue is not None:
+                return Verdict(KNOWN, expected, None, vs_expected, None, (toggled,), False, f"known issue: {known_issue.reason} ({where})", known_issue=known_issue.reason, sparse=sparse)
+            return Verdict(DIVERGES, expected, toggled, vs_expected, None, (("lazy",) if sparse == "lazy" else toggled,), False, text, sparse=sparse)
     vs_canonical = None
     if expected:
         vs_canonical = compare(observed, ref_of(()), case.dtype)
     if vs_expected.ok:
         if not expected:
-            return Verdict(CONFORMS, expected, (), vs_expected, None, explanation="matches the canonical rule")
+            return Verdict(CONFORMS, expected, (), vs_expected, None, explanation="matches the canonical rule", sparse=sparse)
         if vs_canonical is not None and vs_canonical.ok:
             return Verdict(
                 CONFORMS,
@@ -432,6 +457,7 @@ def classify(
                 vs_expected,
                 vs_canonical,
                 explanation=f"matches the canonical rule and the declared {_variant_name(expected)} alike (this case does not tell them apart)",
+                sparse=sparse,
             )
         evidenced = expected
         if len(expected) > 1:
@@ -445,6 +471,7 @@ def classify(
             explanation=f"follows the declared variant {_variant_name(expected)}"
             + (f" (this case shows {', '.join(evidenced)})" if evidenced != expected else ""),
             evidenced=evidenced,
+            sparse=sparse,
         )
     stale = bool(expected) and vs_canonical is not None and vs_canonical.ok
     found: tuple[tuple[str, ...], ...] = ((),) if stale else ()
@@ -469,10 +496,10 @@ def classify(
         # variant (even where it happens to land within canonical's bound).
         return Verdict(
             KNOWN, expected, None, vs_expected, vs_canonical, found, False,
-            f"known issue: {known_issue.reason} ({where})", known_issue=known_issue.reason,
+            f"known issue: {known_issue.reason} ({where})", known_issue=known_issue.reason, sparse=sparse,
         )
     return Verdict(
-        DIVERGES, expected, found[0] if len(found) == 1 else None, vs_expected, vs_canonical, found, stale, text
+        DIVERGES, expected, found[0] if len(found) == 1 else None, vs_expected, vs_canonical, found, stale, text, sparse=sparse
     )
 
 

@@ -9,6 +9,13 @@ beyond it is a divergence of its own, reported in a cell such as
 `adam[tensorflow-eager~xla-cpu-float32]` or `adam[torch-fused-cpu~cuda-float32]`.
 Whether the two were bit-identical is reported as well.
 
+The sparse-vs-dense oracle (`adam[tensorflow-eager-cpu-float32-sparse~dense]`)
+gives one framework mode the same gradients twice, once in its native sparse
+form and once as a dense array. Where the spec declares the mode
+dense-equivalent, the two must agree as above; where it declares a
+sparse-only behaviour (lazy, or Keras' per-slice squares of a repeated row),
+they must differ exactly when the reference's sparse and dense runs differ.
+
 Only modes whose configuration is the same (optimizer, arguments, declared
 variants, hyperparameter precision, gradient kind) are paired: torch's
 foreach mode rounds scalars to the tensor dtype by declaration, so comparing
@@ -31,18 +38,19 @@ SEP = "~"
 
 
 def is_cross(cell: Any) -> bool:
-    return SEP in cell.mode or SEP in cell.device
+    return SEP in cell.mode or SEP in cell.device or SEP in getattr(cell, "gradients", "")
 
 
 def sides(cell: Any) -> tuple[Any, Any]:
     """The two plain cells a cross cell compares."""
-    from .runner import Cell
+    from dataclasses import replace as _replace
 
-    if SEP in cell.mode:
-        a, b = cell.mode.split(SEP, 1)
-        return Cell(cell.rule, cell.framework, a, cell.device, cell.dtype), Cell(cell.rule, cell.framework, b, cell.device, cell.dtype)
-    a, b = cell.device.split(SEP, 1)
-    return Cell(cell.rule, cell.framework, cell.mode, a, cell.dtype), Cell(cell.rule, cell.framework, cell.mode, b, cell.dtype)
+    for field in ("mode", "device", "gradients"):
+        value = getattr(cell, field)
+        if SEP in value:
+            a, b = value.split(SEP, 1)
+            return _replace(cell, **{field: a}), _replace(cell, **{field: b})
+    raise ValueError(f"{cell.id} is not a cross cell")
 
 
 def _signature(spec: Spec, mode: ModeConfig) -> tuple:
@@ -81,10 +89,16 @@ def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: floa
     why = skip_reason(mode, case, hp)
     if why is not None:
         return Record(cell, UNSUPPORTED, why, case=case, seconds=time.perf_counter() - t0)
+    sparse_dense = first.gradients != second.gradients
+    if sparse_dense and case.sparse_rows is None:
+        return Record(cell, UNSUPPORTED, "the sparse-vs-dense oracle needs a sparse case", case=case, seconds=time.perf_counter() - t0)
     observed: list[Trajectories] = []
     for side in (first, second):
         side_mode = spec.mode(side.framework, side.mode)
-        request = build_request(spec, side_mode, replace(case, mode=side.mode, device=side.device))
+        side_case = replace(case, mode=side.mode, device=side.device)
+        if side.gradients == "dense" and case.sparse_rows is not None:
+            side_case = replace(side_case, sparse_rows=None, sparse_values=None)
+        request = build_request(spec, side_mode, side_case)
         answer = host.run(request, timeout)
         if answer.status != "ok":
             # A crash is reported by the side's own cell; here it only means
@@ -103,6 +117,8 @@ def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: floa
             return Record(cell, CRASH, f"the adapter's answer is malformed: {exc}", case=case, seconds=time.perf_counter() - t0)
     a, b = observed
     tol = tolerance_for(spec, case.dtype)
+    if sparse_dense:
+        return _sparse_dense(spec, cell, mode, case, a, b, tol, t0)
     ref = reference(spec, case, mode.expect, tol, hyperparameter_dtype=mode.hyperparameter_dtype)
     # The first side stands in for the reference, with the reference's bound.
     state = {k: v for k, v in a.state.items() if k in b.state}
@@ -126,6 +142,54 @@ def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: floa
     if outcome == DIVERGES and issue is not None:
         outcome, text = KNOWN, f"known issue: {issue.reason} ({text})"
     verdict = Verdict(outcome, mode.expect, None, result, None, (), False, text, known_issue=issue.reason if issue and outcome == KNOWN else None)
+    record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0)
+    record.kind = "cross"
+    record.source = "bit-identical" if identical else None
+    return record
+
+
+def _sparse_dense(spec: Spec, cell: Any, mode: ModeConfig, case: Case, sparse: Trajectories, dense: Trajectories, tol: Any, t0: float) -> Any:
+    """The sparse side against the dense side: the same where the spec declares
+    the sparse path dense-equivalent (or where this case cannot tell), and
+    different where the declared sparse behaviour differs for this case."""
+    from .runner import Record
+
+    dense_case = replace(case, sparse_rows=None, sparse_values=None)
+    expect_sparse, expect_dense = mode.sparse_expect(spec.resolve(case.hyperparameters)), mode.expect
+    ref_dense = reference(spec, dense_case, expect_dense, tol, hyperparameter_dtype=mode.hyperparameter_dtype)
+    state = {k: v for k, v in dense.state.items() if k in sparse.state}
+    as_ref = Reference(expect_dense, Trajectories(dense.params, state), ref_dense.bound)
+    result = compare(Trajectories(sparse.params, {k: sparse.state[k] for k in state}), as_ref, case.dtype)
+    identical = _identical(sparse.params, dense.params) and all(_identical(sparse.state[k], dense.state[k]) for k in state)
+    declared = [v for v in expect_sparse if v not in expect_dense] or ["dense-equivalent"]
+    should_differ = False
+    if expect_sparse != expect_dense:
+        ref_sparse = reference(spec, case, expect_sparse, tol, hyperparameter_dtype=mode.hyperparameter_dtype)
+        # (judged on what the framework shows: a state slot it does not keep,
+        # e.g. a momentum buffer at momentum 0, cannot make the two differ)
+        shown = Trajectories(ref_sparse.values.params, {k: v for k, v in ref_sparse.values.state.items() if k in state})
+        should_differ = not compare(shown, ref_dense, case.dtype).ok
+    where = (
+        f"step {result.first_divergent_step}, {result.slot}{list(result.element) if result.element else ''}:"
+        f" {result.observed_value!r} against {result.expected_value!r} within {result.bound_value!r}"
+    )
+    if result.ok and not should_differ:
+        outcome = CONFORMS
+        text = "the sparse and the dense gradient give the same result " + (
+            "bit for bit" if identical else f"within the tolerance (margin {result.margin:.2g})"
+        )
+        if declared != ["dense-equivalent"]:
+            text += f" (this case does not tell {'+'.join(declared)} apart)"
+    elif not result.ok and should_differ:
+        outcome = CONFORMS
+        text = f"the sparse gradient differs from the dense one, as declared ({'+'.join(declared)}; {where})"
+    elif result.ok:
+        outcome = DIVERGES
+        text = f"the sparse gradient gives the dense result, but the spec declares {'+'.join(declared)}, which differs here"
+    else:
+        outcome = DIVERGES
+        text = f"the sparse gradient differs from the dense one ({where}), but the spec declares it dense-equivalent"
+    verdict = Verdict(outcome, expect_sparse, None, result, None, (), False, text)
     record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0)
     record.kind = "cross"
     record.source = "bit-identical" if identical else None

@@ -51,6 +51,7 @@ def run(
     variants: Sequence[str] = (),
     lr_schedule: Sequence[float] | None = None,
     sparse_rows: Sequence[Sequence[int]] | None = None,
+    slice_squares: Sequence[np.ndarray] | None = None,
     compute_dtype: str = "float64",
     rounding: Callable[[np.ndarray], np.ndarray] | None = None,
     case_dtype: str | None = None,
@@ -60,7 +61,10 @@ def run(
     `hyperparameters` are canonical names over the spec defaults. The inputs
     are taken as given (round them to the case dtype first: `run_case` does).
     With `sparse_rows`, rows not listed for a step get a zero gradient; under
-    lazy semantics they also keep their parameters and state.
+    lazy semantics they also keep their parameters and state (a row listed
+    twice is touched once). `slice_squares` (per step) is what the equations
+    see as `slice_sq`: the sum of the squares of a step's sparse slices,
+    which differs from g*g only where a row is listed twice; g*g by default.
 
     `rounding` (used by the tolerance's noise estimate) is applied to the
     result of every array operation and to the initial state: a model of a
@@ -122,6 +126,13 @@ def run(
                 g = np.where(_rows(touched, g.ndim), g, dt.type(0))
             env = dict(env_base, **state)
             env.update(p=p, g=g, t=i + 1)
+            if slice_squares is not None:
+                sq = np.asarray(slice_squares[i], dtype=np.float64).astype(dt)
+                if sq.shape != shape:
+                    sq = sq.reshape(shape)
+                env["slice_sq"] = rounding(sq) if rounding is not None else sq
+            else:
+                env["slice_sq"] = rounding(g * g) if rounding is not None else g * g
             if rounding is not None:
                 env[ROUNDING] = rounding
             if lr_schedule is not None:
@@ -164,6 +175,7 @@ def run_case(spec: Spec, case: Case, variants: Sequence[str] | None = None, comp
         variants=case.variant if variants is None else variants,
         lr_schedule=case.lr_schedule,
         sparse_rows=case.sparse_rows,
+        slice_squares=[case.slice_squares(i) for i in range(case.steps)] if case.sparse_values is not None else None,
         compute_dtype=compute_dtype,
         case_dtype=case.dtype,
     )

@@ -125,6 +125,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
             {
                 "id": cid,
                 **{k: r[k] for k in ("rule", "framework", "mode", "device", "dtype")},
+                "gradients": r.get("gradients", "dense"),
                 "outcome": None,
                 "counts": {},
                 "matched_variants": {},
@@ -186,6 +187,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
                 defaults[(row.get("rule"), fw, row.get("mode"), row.get("hyperparameter"), row.get("argument"))] = row
     ordered = sorted(cells.values(), key=lambda c: c["id"])
     semantics = _semantics(records)
+    sparse = _sparse_semantics(records)
     totals = Counter(c["outcome"] for c in ordered)
     return {
         "schema": SCHEMA,
@@ -196,6 +198,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
         "failed": sorted(c["id"] for c in ordered if c["outcome"] in FAILING),
         "cells": ordered,
         "semantics": semantics,
+        "sparse": sparse,
         "defaults": [defaults[k] for k in sorted(defaults, key=lambda k: tuple(str(x) for x in k))],
     }
 
@@ -207,7 +210,7 @@ def _semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     not tell them apart (or the mode declares canonical)."""
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for r in records:
-        if "cell_status" in r or r.get("phase") in ("shrink", "minimal") or "~" in r.get("mode", "") or "~" in r.get("device", ""):
+        if "cell_status" in r or r.get("phase") in ("shrink", "minimal") or _crossed(r) or r.get("gradients", "dense") != "dense":
             continue
         key = (r["rule"], r["framework"], r["mode"])
         row = rows.setdefault(
@@ -243,6 +246,105 @@ def _semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row["measured"] += f" (no case told {', '.join(unshown)} apart)"
         out.append(row)
     return sorted(out, key=lambda r: (r["rule"], r["framework"], r["mode"]))
+
+
+def _crossed(r: dict[str, Any]) -> bool:
+    return any("~" in str(r.get(k, "")) for k in ("mode", "device", "gradients"))
+
+
+#: What a sparse cell's cases showed, in words (see `_sparse_semantics`).
+SPARSE_MEASURES = {
+    "dense": "dense: untouched rows move as with a zero gradient",
+    "lazy": "lazy: untouched rows keep their parameters and state",
+    "mixed": "mixed: some cases dense, some lazy",
+    "indistinguishable": "no case told dense and lazy apart",
+    "neither": "neither dense nor lazy",
+    "crash": "the framework raised or died on sparse gradients",
+    "unsupported": "unsupported",
+}
+
+
+def _sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rule and framework mode: the sparse semantics the spec declares and
+    the one the sparse cases showed (each case is judged against the declared
+    variants with the dense and the lazy treatment of untouched rows), with the
+    sparse-vs-dense oracle's agreement."""
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def row_of(r: dict[str, Any]) -> dict[str, Any]:
+        key = (r["rule"], r["framework"], r["mode"])
+        return rows.setdefault(
+            key,
+            {
+                "rule": key[0], "framework": key[1], "mode": key[2], "declared": None,
+                "cases": {}, "duplicates": 0, "empty_steps": 0, "all_rows_steps": 0,
+                "oracle": {"same": 0, "bit_identical": 0, "differs": 0, "diverges": 0},
+                "unsupported": {}, "failing": 0,
+            },
+        )
+
+    for r in records:
+        gradients = r.get("gradients", "dense")
+        if gradients == "dense" or r.get("phase") in ("shrink", "minimal") or _crossed_in(r, ("mode", "device")):
+            continue
+        row = row_of(r)
+        if "cell_status" in r:
+            _bump(row["unsupported"], r.get("reason", ""))
+            continue
+        if r["outcome"] == UNSUPPORTED:
+            _bump(row["unsupported"], r.get("reason", ""))
+            continue
+        if gradients == "sparse~dense":
+            if r["outcome"] in FAILING:
+                row["oracle"]["diverges"] += 1
+            elif r.get("source") == "bit-identical":
+                row["oracle"]["bit_identical"] += 1
+                row["oracle"]["same"] += 1
+            elif "differs" in r.get("reason", ""):
+                row["oracle"]["differs"] += 1
+            else:
+                row["oracle"]["same"] += 1
+            continue
+        if "expected" in r:
+            declared = "lazy" if "lazy" in r["expected"] else "dense"
+            if row["declared"] is None:
+                row["declared"] = declared
+            elif declared not in row["declared"].split("/"):
+                row["declared"] = "/".join(sorted(row["declared"].split("/") + [declared]))  # e.g. lazy only at momentum 0
+        if r.get("sparse_semantics"):
+            _bump(row["cases"], r["sparse_semantics"])
+        elif r["outcome"] == "crash":
+            _bump(row["cases"], "crash")
+        if r["outcome"] in FAILING:
+            row["failing"] += 1
+        steps = r.get("sparse_steps") or {}
+        row["duplicates"] += steps.get("duplicates", 0)
+        row["empty_steps"] += steps.get("empty", 0)
+        row["all_rows_steps"] += steps.get("all_rows", 0)
+    out = []
+    for row in rows.values():
+        c = row["cases"]
+        if not c:
+            row["measured"] = "unsupported"
+            row["reason"] = next(iter(row["unsupported"]), "")
+        elif c.get("dense") and c.get("lazy"):
+            row["measured"] = "dense/lazy" if row["declared"] == "dense/lazy" else "mixed"
+        elif c.get("dense"):
+            row["measured"] = "dense"
+        elif c.get("lazy"):
+            row["measured"] = "lazy"
+        elif c.get("neither"):
+            row["measured"] = "neither"
+        elif c.get("crash") and not c.get("either"):
+            row["measured"] = "crash"
+        else:
+            row["measured"] = "indistinguishable"
+        out.append(row)
+    return sorted(out, key=lambda r: (r["rule"], r["framework"], r["mode"]))
+
+
+def _crossed_in(r: dict[str, Any], keys: tuple[str, ...]) -> bool:
+    return any("~" in str(r.get(k, "")) for k in keys)
 
 
 def _bump(d: dict[str, int], key: str) -> None:

@@ -28,6 +28,15 @@ from .registry import FRAMEWORKS
 from .spec import ModeConfig, Spec
 
 
+#: Gradient kinds of a cell: dense arrays, the framework's native sparse form
+#: (rows x cols parameter, some rows per step), or the sparse-vs-dense oracle.
+GRADIENTS = ("dense", "sparse", "sparse~dense")
+#: Sparse cells run in these dtypes (what rows are touched does not depend on
+#: the dtype; every dtype's arithmetic is covered by the dense cells), except
+#: for modes that take sparse gradients only (torch SparseAdam): all of theirs.
+SPARSE_DTYPES = ("float32", "float64")
+
+
 @dataclass(frozen=True, order=True)
 class Cell:
     rule: str
@@ -35,6 +44,7 @@ class Cell:
     mode: str
     device: str
     dtype: str
+    gradients: str = "dense"
 
     @property
     def id(self) -> str:
@@ -42,10 +52,18 @@ class Cell:
 
     @property
     def param_id(self) -> str:
-        return f"{self.framework}-{self.mode}-{self.device}-{self.dtype}"
+        base = f"{self.framework}-{self.mode}-{self.device}-{self.dtype}"
+        return base if self.gradients == "dense" else f"{base}-{self.gradients}"
+
+    @property
+    def sparse(self) -> bool:
+        return self.gradients != "dense"
 
     def to_json(self) -> dict[str, str]:
-        return {"rule": self.rule, "framework": self.framework, "mode": self.mode, "device": self.device, "dtype": self.dtype}
+        return {
+            "rule": self.rule, "framework": self.framework, "mode": self.mode, "device": self.device,
+            "dtype": self.dtype, "gradients": self.gradients,
+        }
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,7 @@ class Selection:
     modes: tuple[str, ...] | None = None
     devices: tuple[str, ...] | None = None
     dtypes: tuple[str, ...] | None = None
+    gradients: tuple[str, ...] | None = None
 
     def keeps(self, cell: Cell) -> bool:
         return all(
@@ -83,6 +102,7 @@ class Selection:
                 (self.modes, cell.mode),
                 (self.devices, cell.device),
                 (self.dtypes, cell.dtype),
+                (self.gradients, cell.gradients),
             )
         )
 
@@ -94,13 +114,25 @@ def enumerate_cells(catalog: Catalog, selection: Selection = Selection()) -> lis
         for (fw, mode_name), mode in spec.modes.items():
             devices = mode.devices or FRAMEWORKS[fw].devices
             dtypes = mode.dtypes or tuple(DTYPES)
-            for device in devices:
-                for dtype in dtypes:
-                    cell = Cell(spec.rule, fw, mode_name, device, dtype)
-                    if selection.keeps(cell):
-                        out.append(cell)
+            sparse_only = mode.gradients == "sparse"
+            kinds = ("sparse",) if sparse_only else GRADIENTS
+            # (a mode without float32 and float64, e.g. float16 multi-precision, keeps its own)
+            sparse_dtypes = [d for d in dtypes if d in SPARSE_DTYPES] or list(dtypes)
+            for kind in kinds:
+                for device in devices:
+                    for dtype in dtypes:
+                        if kind != "dense" and not sparse_only and dtype not in sparse_dtypes:
+                            continue
+                        if kind == "sparse~dense" and mode.sparse.semantics == "unsupported":
+                            continue  # its sparse cell says why
+                        cell = Cell(spec.rule, fw, mode_name, device, dtype, kind)
+                        if selection.keeps(cell):
+                            out.append(cell)
         out.extend(_cross_cells(spec, selection))
-    return sorted(out, key=lambda c: (c.rule, list(FRAMEWORKS).index(c.framework), c.mode, c.device, c.dtype))
+    return sorted(
+        out,
+        key=lambda c: (c.rule, list(FRAMEWORKS).index(c.framework), c.mode, GRADIENTS.index(c.gradients), c.device, c.dtype),
+    )
 
 
 def _cross_cells(spec: Spec, selection: Selection) -> list[Cell]:
@@ -110,7 +142,7 @@ def _cross_cells(spec: Spec, selection: Selection) -> list[Cell]:
 
     out = []
     frameworks = {fw for fw, _ in spec.modes}
-    for fw in frameworks:
+    for fw in sorted(frameworks):
         for a, b in mode_pairs(spec, fw):
             ma, mb = spec.mode(fw, a), spec.mode(fw, b)
             for device in ma.devices or FRAMEWORKS[fw].devices:
@@ -123,7 +155,7 @@ def _cross_cells(spec: Spec, selection: Selection) -> list[Cell]:
                     if all(selection.keeps(c) for c in sides):
                         out.append(Cell(spec.rule, fw, f"{a}{SEP}{b}", device, dtype))
         for (f, name), mode in spec.modes.items():
-            if f != fw:
+            if f != fw or mode.gradients == "sparse":
                 continue
             devices = mode.devices or FRAMEWORKS[fw].devices
             for other in devices[1:]:
@@ -199,6 +231,13 @@ class Record:
             out["shape"] = list(self.case.shape)
             out["hyperparameters"] = self.case.hyperparameters
             out["lr_schedule"] = self.case.lr_schedule is not None
+            if self.case.sparse_rows is not None:
+                n = self.case.shape[0]
+                out["sparse_steps"] = {
+                    "empty": sum(not r for r in self.case.sparse_rows),
+                    "all_rows": sum(len(set(r)) == n for r in self.case.sparse_rows),
+                    "duplicates": sum(len(set(r)) != len(r) for r in self.case.sparse_rows),
+                }
         if self.verdict is not None:
             out.update(self.verdict.to_json())
             v = out["against_expected"]
@@ -226,6 +265,8 @@ def build_request(spec: Spec, mode: ModeConfig, case: Case) -> dict[str, Any]:
         "lr_schedule": list(case.lr_schedule) if case.lr_schedule is not None else None,
         "state": list(mode.state),
         "sparse_rows": [list(r) for r in case.sparse_rows] if case.sparse_rows is not None else None,
+        # one slice per listed row (rows may repeat), for the native sparse form
+        "sparse_values": [case.slices(i)[1] for i in range(case.steps)] if case.sparse_rows is not None else None,
     }
 
 
@@ -275,7 +316,7 @@ def observed_trajectories(mode: ModeConfig, result: dict[str, Any], steps: int, 
 
 def skip_reason(mode: ModeConfig, case: Case, hp: dict[str, Any]) -> str | None:
     """Why this mode cannot run this case at all (an `unsupported` outcome), or None."""
-    why = mode.unsupported_reason(hp)
+    why = mode.unsupported_reason(hp, sparse=case.sparse_rows is not None)
     if why is None and case.lr_schedule is not None and mode.lr_arg is None:
         why = "this mode's learning rate cannot be set per step (no native argument maps to lr)"
     if why is None and mode.gradients == "sparse" and case.sparse_rows is None:
@@ -304,7 +345,7 @@ def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | N
     verdict = classify(
         spec,
         case,
-        mode.expect,
+        mode.sparse_expect(hp) if case.sparse_rows is not None else mode.expect,
         observed,
         fingerprint=fingerprint,
         hyperparameter_dtype=mode.hyperparameter_dtype,
@@ -321,17 +362,23 @@ def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | N
     )
 
 
-def retarget(case: Case, cell: Cell, mode: ModeConfig | None = None) -> Case:
-    """A fixed (framework-neutral) case as a case of this cell: inputs rounded to its dtype.
+def retarget(case: Case, cell: Cell, mode: ModeConfig | None = None) -> Case | None:
+    """A fixed (framework-neutral) case as a case of this cell: inputs rounded
+    to its dtype, or None where it does not fit the cell's gradient kind.
 
-    A mode that takes dense gradients gets a sparse case's gradients densified.
+    A dense cell gets a sparse case's gradients densified (unless its mode
+    takes sparse gradients only); a sparse cell takes sparse cases only.
     """
-    rows = case.sparse_rows
-    if mode is not None and mode.gradients == "dense":
-        rows = None
+    rows, values = case.sparse_rows, case.sparse_values
+    if cell.sparse or (mode is not None and mode.gradients == "sparse"):
+        if rows is None:
+            return None
+    elif rows is not None:
+        rows = values = None
     return replace(
         case,
         sparse_rows=rows,
+        sparse_values=tuple(round_to(v, cell.dtype) for v in values) if values is not None else None,
         framework=cell.framework,
         mode=cell.mode,
         device=cell.device,
@@ -420,8 +467,15 @@ def run_cell(
             result.seconds = time.perf_counter() - t0
             return result
 
+    if cell.sparse and mode.sparse.semantics == "unsupported":
+        result.skipped = mode.unsupported_reason({}, sparse=True)
+        result.seconds = time.perf_counter() - t0
+        return result
+
     for path in spec.cases:
         case = retarget(Case.load(path), first, mode)
+        if case is None:
+            continue
         record = run_one(spec, cell, case, host, timeout=timeout)
         record.kind, record.source = "fixed", path
         keep(record)
@@ -447,7 +501,7 @@ def run_cell(
 
     n = examples if examples is not None else profile.max_examples
     limits = strategies.Limits(profile.max_steps, profile.max_size)
-    strategy = strategies.cases(spec, mode, device=first.device, dtype=cell.dtype, limits=limits)
+    strategy = strategies.cases(spec, mode, device=first.device, dtype=cell.dtype, limits=limits, sparse=cell.sparse)
     kwargs: dict[str, Any] = dict(
         max_examples=max(n, 1),
         deadline=None,

@@ -44,6 +44,7 @@ OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--modes", "--modes", dict(dest="modes", metavar="LIST", help="comma-separated modes, e.g. forloop,fused")),
     ("--devices", "--devices", dict(dest="devices", metavar="LIST", help="comma-separated devices, e.g. cpu,cuda")),
     ("--dtypes", "--dtypes", dict(dest="dtypes", metavar="LIST", help="comma-separated dtypes: float16,bfloat16,float32,float64")),
+    ("--gradients", "--gradients", dict(dest="gradients", metavar="LIST", help="comma-separated gradient kinds: dense, sparse, sparse~dense (default: all)")),
     ("--examples", "--examples", dict(dest="examples", type=int, metavar="N", help="generated cases per cell (default: the profile's)")),
     ("--profile", "--conformance-profile", dict(dest="conformance_profile", default=None, choices=sorted(PROFILES), help=f"hypothesis profile: ci (default), dev or thorough")),
     ("--seed", "--conformance-seed", dict(dest="conformance_seed", type=int, metavar="N", help="hypothesis seed (default: random, printed)")),
@@ -105,7 +106,12 @@ class Options:
         if get("max_steps") or get("max_size"):
             profile = Profile(profile.name, profile.max_examples, get("max_steps") or profile.max_steps, get("max_size") or profile.max_size)
         pythons = discover_pythons(parse_pythons(get("python")))
-        sel = Selection(*(None if get(k) is None else _csv(get(k)) for k in ("rules", "frameworks", "modes", "devices", "dtypes")))
+        sel = Selection(*(None if get(k) is None else _csv(get(k)) for k in ("rules", "frameworks", "modes", "devices", "dtypes", "gradients")))
+        from .runner import GRADIENTS
+
+        for kind in sel.gradients or ():
+            if kind not in GRADIENTS:
+                raise ValueError(f"unknown gradient kind {kind!r} (known: {', '.join(GRADIENTS)})")
         for fw in sel.frameworks or ():
             if fw not in FRAMEWORKS:
                 raise ValueError(f"unknown framework {fw!r} (known: {', '.join(FRAMEWORKS)})")

@@ -34,7 +34,7 @@ from .yamlsource import KeyPath, Located, SourceError, load_yaml_file
 
 DTYPES = tuple(DTYPE_TABLE)
 #: Names every step can read besides hyperparameters and state.
-STEP_INPUTS = ("p", "g", "t", "lr")
+STEP_INPUTS = ("p", "g", "t", "lr", "slice_sq")
 _RULE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 Number = Union[StrictBool, int, float]
@@ -94,9 +94,23 @@ class KnownIssue(_Model):
 
 
 class SparseDecl(_Model):
+    """How a framework mode treats gradients that touch only some rows."""
+
     semantics: Literal["dense", "lazy", "unsupported"]
     note: str | None = None
     cite: str | None = None
+    lazy_when: str | None = Field(
+        default=None, description="semantics dense, but lazy for the cases where this condition holds (e.g. momentum == 0)"
+    )
+    duplicates: bool = Field(
+        default=True, description="the native sparse form may list a row twice (its slices are summed, or not: see expect)"
+    )
+    expect: list[str] = Field(
+        default_factory=list, description="variants that apply to sparse gradients only (on top of the mode's expect)"
+    )
+    unsupported: list["Unsupported"] = Field(
+        default_factory=list, description="options the framework refuses with sparse gradients (each a skip with its reason)"
+    )
 
 
 InputDtype = Literal["float16", "bfloat16", "float32", "tensor"]
@@ -235,6 +249,8 @@ class ModeConfig:
     hyperparameter_dtype: str = "float64"
     known_issues: tuple[KnownIssue, ...] = ()
     known_issue_whens: tuple[Expression | None, ...] = ()  # each known issue's `when`, compiled
+    sparse_unsupported: tuple[tuple[Expression | None, str], ...] = ()  # sparse.unsupported, compiled
+    sparse_lazy_when: Expression | None = None  # sparse.lazy_when, compiled
     input_dtypes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (hyperparameter, roundings) as the framework stores it
 
     def known_issue(self, device: str, dtype: str, hyperparameters: dict[str, Any] | None = None) -> KnownIssue | None:
@@ -263,11 +279,31 @@ class ModeConfig:
                 out[native] = _plain(value(hyperparameters))
         return out
 
-    def unsupported_reason(self, hyperparameters: dict[str, Any]) -> str | None:
-        for when, reason in self.unsupported:
+    def unsupported_reason(self, hyperparameters: dict[str, Any], sparse: bool = False) -> str | None:
+        """Why the mode cannot run these hyperparameters (with sparse gradients, when `sparse`), or None."""
+        if sparse and self.sparse.semantics == "unsupported":
+            return f"{self.optimizer} takes no sparse gradients: {self.sparse.note or 'declared unsupported'}".rstrip()
+        for when, reason in self.unsupported + (self.sparse_unsupported if sparse else ()):
             if when is None or bool(when(hyperparameters)):
                 return reason
         return None
+
+    def sparse_semantics(self, hyperparameters: dict[str, Any] | None = None) -> str:
+        """dense, lazy or unsupported: the declared semantics for these (resolved) hyperparameters."""
+        when = self.sparse_lazy_when
+        if when is not None and hyperparameters is not None and bool(when(hyperparameters)):
+            return "lazy"
+        return self.sparse.semantics
+
+    def sparse_expect(self, hyperparameters: dict[str, Any] | None = None) -> tuple[str, ...]:
+        """The variants declared for sparse gradients: the mode's, its sparse-only ones, and lazy if declared."""
+        out = list(self.expect) + [v for v in self.sparse.expect if v not in self.expect]
+        semantics = self.sparse_semantics(hyperparameters)
+        if semantics == "lazy" and "lazy" not in out:
+            out.append("lazy")
+        if semantics == "dense" and "lazy" in out:
+            out.remove("lazy")
+        return tuple(out)
 
 
 def _plain(value: Any) -> Any:
@@ -599,6 +635,16 @@ def _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, sr
                     raise src.error(base + ("unsupported", i, "modes", j), f"unknown mode {m!r}")
         when = expr(base + ("unsupported", i, "when"), u.when, hp_names) if u.when is not None else None
         unsupported.append((when, u.reason))
+    sparse = mm.sparse or section.sparse
+    spath = (mpath if mm.sparse is not None else base) + ("sparse",)
+    for i, name in enumerate(sparse.expect):
+        if name not in variants:
+            raise src.error(spath + ("expect", i), f"unknown variant {name!r} (declared: {', '.join(variants)})")
+    sparse_unsupported = tuple(
+        (expr(spath + ("unsupported", i, "when"), u.when, hp_names) if u.when is not None else None, u.reason)
+        for i, u in enumerate(sparse.unsupported)
+        if u.modes is None or mode_name in u.modes
+    )
     return ModeConfig(
         framework=fw,
         mode=mode_name,
@@ -609,7 +655,9 @@ def _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, sr
         defaults=dict(defaults),
         expect=tuple(expect),
         unsupported=tuple(unsupported),
-        sparse=mm.sparse or section.sparse,
+        sparse=sparse,
+        sparse_unsupported=sparse_unsupported,
+        sparse_lazy_when=expr(spath + ("lazy_when",), sparse.lazy_when, hp_names) if sparse.lazy_when is not None else None,
         devices=tuple(mm.devices) if mm.devices is not None else None,
         dtypes=tuple(mm.dtypes) if mm.dtypes is not None else None,
         note=mm.note or section.note,

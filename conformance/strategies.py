@@ -14,8 +14,13 @@ the values (towards plain numbers in [-2, 2]).
   (float16 overflows at 65504: no "huge" float16 gradient beyond 100).
 - Part of the examples carry a per-step learning rate (it exposes where a
   framework keeps lr: inside a momentum buffer or outside).
-- A mode that takes sparse gradients only gets a 2-d parameter and, per
-  step, the set of rows the gradient touches.
+- Sparse cases (sparse cells, and every case of a mode that takes sparse
+  gradients only) have a 2-d parameter (rows x cols) and, per step, the rows
+  the gradient lists: none, all of them, or some, with priority for the
+  first two; where the framework's sparse form allows it, some rows are
+  listed twice with a slice each (the framework must sum them). A row is
+  listed at most twice, so the summed gradient is one correctly rounded
+  addition, whatever order a framework adds in.
 - Options a framework does not support are mostly repaired (the names in the
   firing `unsupported` condition go back to their defaults) so that most
   examples run; one in sixteen is kept as drawn, to exercise the skip.
@@ -144,10 +149,30 @@ def repair(spec: Spec, mode: ModeConfig, hp: dict[str, Any]) -> dict[str, Any]:
 
 
 @st.composite
-def cases(draw, spec: Spec, mode: ModeConfig, *, device: str, dtype: str, limits: Limits = Limits()) -> Case:
-    """A case for the cell (spec.rule, mode.framework, mode.mode, device, dtype)."""
+def touched_rows(draw, n: int, duplicates: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(rows listed once, rows listed twice) of one step of an n-row parameter."""
+    kind = draw(st.sampled_from(("some", "empty", "all", "some")))
+    if kind == "empty":
+        return (), ()
+    if kind == "all":
+        rows = list(range(n))
+        if draw(st.booleans()):
+            rows = draw(st.permutations(rows))  # in any order
+    else:
+        rows = draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n))
+    twice: list[int] = []
+    if duplicates and rows and draw(st.booleans()):
+        twice = draw(st.lists(st.sampled_from(rows), unique=True, min_size=1, max_size=len(rows)))
+    return tuple(rows), tuple(twice)
+
+
+@st.composite
+def cases(
+    draw, spec: Spec, mode: ModeConfig, *, device: str, dtype: str, limits: Limits = Limits(), sparse: bool = False
+) -> Case:
+    """A case for the cell (spec.rule, mode.framework, mode.mode, device, dtype); sparse gradients when `sparse`."""
     steps = draw(st.integers(1, limits.max_steps))
-    sparse = mode.gradients == "sparse"
+    sparse = sparse or mode.gradients == "sparse"
     if sparse:
         rows = draw(st.integers(1, max(1, limits.max_size // 2)))
         cols = draw(st.integers(1, max(1, limits.max_size // rows)))
@@ -161,16 +186,26 @@ def cases(draw, spec: Spec, mode: ModeConfig, *, device: str, dtype: str, limits
         lr_schedule = tuple(draw(st.lists(lr, min_size=steps, max_size=steps)))
     params = draw(tensors(shape, dtype, allow_zero=True))
     grads = []
-    sparse_rows = [] if sparse else None
+    sparse_rows: list[tuple[int, ...]] | None = [] if sparse else None
+    slices: list[np.ndarray] = []
     for _ in range(steps):
         g = draw(tensors(shape, dtype))
         if sparse:
-            touched = sorted(draw(st.sets(st.integers(0, shape[0] - 1))))
+            rows, twice = draw(touched_rows(shape[0], mode.sparse.duplicates))
             keep = np.zeros(shape[0], dtype=bool)
-            keep[touched] = True
+            keep[list(rows)] = True
             g = np.where(keep[:, None], g, 0.0)
-            sparse_rows.append(tuple(touched))
+            listed = rows + twice
+            values = g[list(listed)].reshape((len(listed),) + shape[1:])
+            if twice:
+                # the second slice of each repeated row; the row's gradient is the sum
+                values[len(rows):] = draw(tensors((len(twice),) + shape[1:], dtype))
+                np.add.at(g, list(twice), values[len(rows):])
+                g = round_to(g, dtype)
+            sparse_rows.append(listed)
+            slices.append(values)
         grads.append(g)
+    duplicated = sparse and any(len(set(r)) != len(r) for r in sparse_rows)
     return Case(
         rule=spec.rule,
         dtype=dtype,
@@ -182,4 +217,5 @@ def cases(draw, spec: Spec, mode: ModeConfig, *, device: str, dtype: str, limits
         device=device,
         lr_schedule=lr_schedule,
         sparse_rows=tuple(sparse_rows) if sparse_rows is not None else None,
+        sparse_values=tuple(slices) if duplicated else None,
     )

@@ -30,9 +30,11 @@ def test_every_variant_differs_from_canonical_somewhere(catalog):
     loud = dict(momentum=0.9, weight_decay=0.05, amsgrad=True, centered=True, eps=1e-2, lr=0.05, lr_decay=0.1)
     for spec in catalog:
         hp = {k: v for k, v in loud.items() if k in spec.hyperparameters}
-        canonical = run(spec, hp, P0, GRADS, sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3)
+        # every row's gradient given as two equal halves (slice_sq = g*g/2), for per_slice_square
+        halves = [g * g / 2 for g in GRADS]
+        canonical = run(spec, hp, P0, GRADS, sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3, slice_squares=halves)
         for name in spec.variants:
-            got = run(spec, hp, P0, GRADS, variants=[name], sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3)
+            got = run(spec, hp, P0, GRADS, variants=[name], sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3, slice_squares=halves)
             assert not np.allclose(got.params, canonical.params, rtol=1e-9, atol=0), (spec.rule, name)
 
 
