@@ -159,6 +159,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             for name in wanted:
                 value = st.get(name)
                 if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                    if value.is_sparse:  # SGD's momentum buffer for sparse gradients
+                        value = value.to_dense()
                     if name not in state_out:
                         state_out[name] = torch.full_like(out, float("nan"))
                     state_out[name][i].copy_(value)

@@ -138,7 +138,7 @@ def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: floa
         outcome = DIVERGES
     issue = None
     for side in (first, second):
-        issue = issue or spec.mode(side.framework, side.mode).known_issue(side.device, side.dtype, hp)
+        issue = issue or spec.mode(side.framework, side.mode).known_issue(side.device, side.dtype, hp, sparse=case.sparse_rows is not None)
     if outcome == DIVERGES and issue is not None:
         outcome, text = KNOWN, f"known issue: {issue.reason} ({text})"
     verdict = Verdict(outcome, mode.expect, None, result, None, (), False, text, known_issue=issue.reason if issue and outcome == KNOWN else None)

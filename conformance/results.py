@@ -260,6 +260,7 @@ SPARSE_MEASURES = {
     "indistinguishable": "no case told dense and lazy apart",
     "neither": "neither dense nor lazy",
     "crash": "the framework raised or died on sparse gradients",
+    "known issue": "every case ran into a declared framework issue",
     "unsupported": "unsupported",
 }
 
@@ -315,6 +316,8 @@ def _sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             _bump(row["cases"], r["sparse_semantics"])
         elif r["outcome"] == "crash":
             _bump(row["cases"], "crash")
+        elif r.get("known_issue"):
+            _bump(row["cases"], "known issue")  # e.g. a declared framework error
         if r["outcome"] in FAILING:
             row["failing"] += 1
         steps = r.get("sparse_steps") or {}
@@ -337,6 +340,8 @@ def _sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["measured"] = "neither"
         elif c.get("crash") and not c.get("either"):
             row["measured"] = "crash"
+        elif c.get("known issue") and not c.get("either"):
+            row["measured"] = "known issue"
         else:
             row["measured"] = "indistinguishable"
         out.append(row)

@@ -202,6 +202,7 @@ class Record:
     detail: str = ""
     seconds: float = 0.0
     framework_seconds: float = 0.0
+    known_issue: str | None = None  # a declared framework error that this crash is (no verdict then)
 
     @property
     def failing(self) -> bool:
@@ -226,6 +227,8 @@ class Record:
         }
         if self.source:
             out["source"] = self.source
+        if self.known_issue:
+            out["known_issue"] = self.known_issue
         if self.case is not None:
             out["steps"] = self.case.steps
             out["shape"] = list(self.case.shape)
@@ -336,7 +339,14 @@ def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | N
     answer = host.run(build_request(spec, mode, case), timeout)
     if answer.status == "unsupported":
         return Record(cell, UNSUPPORTED, answer.reason, case=case, seconds=time.perf_counter() - t0, framework_seconds=answer.seconds)
+    sparse = case.sparse_rows is not None
     if answer.status != "ok":
+        issue = None
+        if not answer.reason.startswith("hung"):
+            issue = mode.known_issue(cell.device, cell.dtype, hp, sparse=sparse, error=f"{answer.reason}\n{answer.detail or ''}")
+        if issue is not None:  # a declared framework error (`raises`)
+            return Record(cell, KNOWN, f"known issue: {issue.reason} ({answer.reason})", case=case, detail=answer.detail,
+                          seconds=time.perf_counter() - t0, framework_seconds=answer.seconds, known_issue=issue.reason)
         return Record(cell, CRASH, answer.reason, case=case, detail=answer.detail, seconds=time.perf_counter() - t0, framework_seconds=answer.seconds)
     try:
         observed = observed_trajectories(mode, answer.result, case.steps, case.shape)
@@ -345,11 +355,11 @@ def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | N
     verdict = classify(
         spec,
         case,
-        mode.sparse_expect(hp) if case.sparse_rows is not None else mode.expect,
+        mode.sparse_expect(hp) if sparse else mode.expect,
         observed,
         fingerprint=fingerprint,
         hyperparameter_dtype=mode.hyperparameter_dtype,
-        known_issue=mode.known_issue(cell.device, cell.dtype, hp),
+        known_issue=mode.known_issue(cell.device, cell.dtype, hp, sparse=sparse),
     )
     return Record(
         cell,

@@ -91,6 +91,14 @@ class KnownIssue(_Model):
     devices: list[str] | None = None
     dtypes: list[Literal["float16", "bfloat16", "float32", "float64"]] | None = None
     when: str | None = Field(default=None, description="only for cases whose hyperparameters make this true")
+    gradients: Literal["dense", "sparse"] | None = Field(default=None, description="only for dense or only for sparse gradients")
+    raises: str | list[str] | None = Field(
+        default=None,
+        description=(
+            "the issue is an error the framework raises: a case that crashes with this text (or one of"
+            " these texts) in its error is reported as this known issue (and only such a case)"
+        ),
+    )
 
 
 class SparseDecl(_Model):
@@ -253,10 +261,25 @@ class ModeConfig:
     sparse_lazy_when: Expression | None = None  # sparse.lazy_when, compiled
     input_dtypes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (hyperparameter, roundings) as the framework stores it
 
-    def known_issue(self, device: str, dtype: str, hyperparameters: dict[str, Any] | None = None) -> KnownIssue | None:
+    def known_issue(
+        self,
+        device: str,
+        dtype: str,
+        hyperparameters: dict[str, Any] | None = None,
+        *,
+        sparse: bool = False,
+        error: str | None = None,
+    ) -> KnownIssue | None:
+        """The declared issue that explains a divergence (or, given the `error`
+        of a crash, the one whose `raises` text it contains), or None."""
         for issue, when in zip(self.known_issues, self.known_issue_whens or (None,) * len(self.known_issues)):
             if (issue.devices is None or device in issue.devices) and (issue.dtypes is None or dtype in issue.dtypes):
                 if when is not None and (hyperparameters is None or not bool(when(hyperparameters))):
+                    continue
+                if issue.gradients is not None and issue.gradients != ("sparse" if sparse else "dense"):
+                    continue
+                texts = [issue.raises] if isinstance(issue.raises, str) else issue.raises
+                if (texts is None) != (error is None) or (error is not None and not any(t in error for t in texts)):
                     continue
                 return issue
         return None
