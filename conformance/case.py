@@ -40,6 +40,7 @@ class _CaseModel(BaseModel):
     lr_schedule: list[float] | None = None
     sparse_rows: list[list[StrictInt]] | None = None
     sparse_values: list[list[Any]] | None = None
+    gradients: str | None = None
     seed: int | None = None
 
 
@@ -61,6 +62,8 @@ class Case:
     # ... and, when a row repeats, one slice per listed row (float64, rounded
     # to `dtype`); `grads` is then their sum, rounded once to `dtype`.
     sparse_values: tuple[np.ndarray, ...] | None = None
+    # "sparse~dense": replay as the sparse-vs-dense oracle (conformance/cross.py)
+    gradients: str | None = None
     seed: int | None = None
 
     @property
@@ -88,6 +91,10 @@ class Case:
             kind = e["type"]
             msg = {"extra_forbidden": "unknown key", "missing": "missing required key"}.get(kind, e["msg"])
             raise err(path, msg) from None
+        if m.gradients is not None and m.gradients not in ("dense", "sparse", "sparse~dense"):
+            raise err(("gradients",), f"unknown gradient kind {m.gradients!r} (known: dense, sparse, sparse~dense)")
+        if m.gradients == "sparse~dense" and m.sparse_rows is None:
+            raise err(("gradients",), "the sparse~dense oracle needs sparse_rows")
         if m.framework != REFERENCE and m.framework not in FRAMEWORKS:
             raise err(("framework",), f"unknown framework {m.framework!r} (known: {REFERENCE}, {', '.join(FRAMEWORKS)})")
         if m.dtype not in DTYPES:
@@ -169,6 +176,7 @@ class Case:
             lr_schedule=lr,
             sparse_rows=rows,
             sparse_values=tuple(values) if values is not None else None,
+            gradients=m.gradients,
             seed=m.seed,
         )
 
@@ -201,6 +209,8 @@ class Case:
             out["sparse_rows"] = [list(r) for r in self.sparse_rows]
         if self.sparse_values is not None:
             out["sparse_values"] = [v.tolist() for v in self.sparse_values]
+        if self.gradients is not None:
+            out["gradients"] = self.gradients
         if self.seed is not None:
             out["seed"] = self.seed
         return out

@@ -330,7 +330,8 @@ def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, 
     spec = catalog.get(case.rule)
     if case.mode is None or case.device is None:
         raise ValueError(f"a {case.framework} case needs \"mode\" and \"device\"")
-    cell = Cell(case.rule, case.framework, case.mode, case.device, case.dtype)
+    kind = case.gradients or ("sparse" if case.sparse_rows is not None else "dense")
+    cell = Cell(case.rule, case.framework, case.mode, case.device, case.dtype, kind)
     cross = is_cross(cell)
     first = sides(cell)[0] if cross else cell
     spec.mode(case.framework, first.mode)
@@ -480,7 +481,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
             if is_cross(r.cell):  # replayed as the cross cell: both sides
                 from dataclasses import replace
 
-                minimal = replace(minimal, mode=r.cell.mode, device=r.cell.device)
+                minimal = replace(minimal, mode=r.cell.mode, device=r.cell.device, gradients=r.cell.gradients if "~" in r.cell.gradients else None)
             case_file.write_text(minimal.to_json(indent=1), encoding="utf-8")
             print(f"replay {r.cell.id}: conformance replay {case_file} --json")
     return 1 if summary["failed"] else 0

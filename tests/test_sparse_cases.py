@@ -146,3 +146,12 @@ def test_a_dense_fixed_case_does_not_enter_a_sparse_cell(catalog):
     assert dense_cell.sparse_rows is None and dense_cell.sparse_values is None
     sparse_cell = retarget(sparse, Cell("sgd", "torch", "forloop", "cpu", "float32", "sparse"))
     assert sparse_cell.sparse_rows == sparse.sparse_rows and sparse_cell.dtype == "float32"
+
+
+def test_an_oracle_case_keeps_its_gradient_kind():
+    case = _sgd_case(gradients="sparse~dense", framework="torch", mode="forloop", device="cpu")
+    assert Case.from_dict(json.loads(case.to_json())).gradients == "sparse~dense"
+    with pytest.raises(CaseError, match="needs sparse_rows"):
+        Case.from_dict({"rule": "sgd", "dtype": "float64", "params": [[1.0]], "grads": [[[1.0]]], "gradients": "sparse~dense"})
+    with pytest.raises(CaseError, match="unknown gradient kind"):
+        _sgd_case(gradients="ragged")
