@@ -209,10 +209,14 @@ def _semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ones that tell the declared variant from canonical; `conforms` cases did
     not tell them apart (or the mode declares canonical)."""
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    # Dense cells, and sparse cells for modes that have no dense ones (torch SparseAdam).
+    dense_modes = {(r["rule"], r["framework"], r["mode"]) for r in records if r.get("gradients", "dense") == "dense"}
     for r in records:
-        if "cell_status" in r or r.get("phase") in ("shrink", "minimal") or _crossed(r) or r.get("gradients", "dense") != "dense":
+        if "cell_status" in r or r.get("phase") in ("shrink", "minimal") or _crossed(r):
             continue
         key = (r["rule"], r["framework"], r["mode"])
+        if r.get("gradients", "dense") != "dense" and key in dense_modes:
+            continue
         row = rows.setdefault(
             key,
             {"rule": key[0], "framework": key[1], "mode": key[2], "expected": None, "distinguishing": 0, "conforms": 0, "diverges": {}, "stale": 0, "evidence": {}},
