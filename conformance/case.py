@@ -240,6 +240,32 @@ class Case:
         return out
 
 
+    def smallest_slice_squares(self, step: int) -> np.ndarray:
+        """Per element, the smallest nonzero square of one of the step's
+        slices (inf where there is none): a framework that squares slice by
+        slice takes each through the dtype's range on its own."""
+        out = np.full(self.shape, np.inf)
+        if self.sparse_values is None:
+            return out
+        rows, values = self.slices(step)
+        squares = values * values
+        np.minimum.at(out, list(rows), np.where(squares != 0, squares, np.inf))
+        return out
+
+    def repeated_abs_sums(self, step: int) -> np.ndarray:
+        """Sum over the step's slices of |slice|, on the rows listed more than
+        once (zero elsewhere): how large the terms are that a framework may
+        add up in its own order, slice by slice, after linear operations."""
+        out = np.zeros(self.shape)
+        if self.sparse_values is None:
+            return out
+        rows, values = self.slices(step)
+        np.add.at(out, list(rows), np.abs(values))
+        counts = np.bincount(np.asarray(rows, dtype=np.int64), minlength=self.shape[0]) if len(rows) else np.zeros(self.shape[0], int)
+        out[counts < 2] = 0.0
+        return out
+
+
 def _rows_ok(rows: list[int], params: np.ndarray) -> bool:
     return params.ndim >= 1 and all(0 <= r < params.shape[0] for r in rows)
 

@@ -124,6 +124,10 @@ class Rounding:
       rounds a hyperparameter itself before arithmetic, that is not noise but
       part of the rule it computes: the spec says so with `in_dtype(beta2)`
       in a variant, which the reference evaluates exactly.
+    - `gradient` perturbs the rows a sparse gradient lists twice by a unit
+      roundoff of the sum of their slices' magnitudes: a framework may carry
+      the slices through linear operations and add them up last, so with
+      cancelling slices its result is only that close to the summed one.
     - `taint` marks the elements where an operation gave a nonzero result
       below the dtype's normal range. There the dtype keeps only a few
       significant bits (or none), and which intermediate underflows depends
@@ -184,6 +188,21 @@ class Rounding:
             jitter = self.u * np.abs(old) * self.rng.uniform(-1.0, 1.0, np.broadcast_shapes(new.shape, old.shape))
             jitter = np.where(np.isfinite(jitter), jitter, 0.0)
         return (new + jitter).astype(self.low).astype(new.dtype)
+
+    def gradient(self, g: np.ndarray, repeated_abs: np.ndarray) -> np.ndarray:
+        """A step's gradient where rows are listed twice: known only up to a unit
+        roundoff of the sum of |slices| (a framework may divide, scale and sum
+        the slices in any order: Keras' sparse divide is per slice)."""
+        if self.rng is None or not np.any(repeated_abs):
+            return g
+        return g + (self.u * repeated_abs * self.rng.uniform(-1.0, 1.0, g.shape)).astype(g.dtype)
+
+    def taint_below(self, values: np.ndarray) -> None:
+        """Taint the elements where a nonzero intermediate the equations do not
+        show (one slice's square) is below the normal range."""
+        tiny = values < self.min_normal
+        if tiny.any():
+            self.taint = tiny.copy() if self.taint is None else (self.taint | tiny)
 
     def end_step(self) -> None:
         self.taint_steps.append(self.taint)
@@ -258,6 +277,8 @@ def run_case_rounded(spec: Spec, case: Case, variants: tuple[str, ...], rounding
         lr_schedule=case.lr_schedule,
         sparse_rows=case.sparse_rows,
         slice_squares=[case.slice_squares(i) for i in range(case.steps)] if case.sparse_values is not None else None,
+        repeated_abs=[case.repeated_abs_sums(i) for i in range(case.steps)] if case.sparse_values is not None else None,
+        smallest_squares=[case.smallest_slice_squares(i) for i in range(case.steps)] if case.sparse_values is not None else None,
         compute_dtype="longdouble",
         rounding=rounding,
         case_dtype=case.dtype,

@@ -52,6 +52,8 @@ def run(
     lr_schedule: Sequence[float] | None = None,
     sparse_rows: Sequence[Sequence[int]] | None = None,
     slice_squares: Sequence[np.ndarray] | None = None,
+    repeated_abs: Sequence[np.ndarray] | None = None,
+    smallest_squares: Sequence[np.ndarray] | None = None,
     compute_dtype: str = "float64",
     rounding: Callable[[np.ndarray], np.ndarray] | None = None,
     case_dtype: str | None = None,
@@ -65,6 +67,10 @@ def run(
     twice is touched once). `slice_squares` (per step) is what the equations
     see as `slice_sq`: the sum of the squares of a step's sparse slices,
     which differs from g*g only where a row is listed twice; g*g by default.
+    With `rounding`, `repeated_abs` (per step: the sum of |slice| on rows
+    listed twice) lets the rounding model perturb those rows' gradient by a
+    unit roundoff of it (`rounding.gradient`): a framework may carry the
+    slices through linear operations and sum them later, in its own order.
 
     `rounding` (used by the tolerance's noise estimate) is applied to the
     result of every array operation and to the initial state: a model of a
@@ -124,6 +130,8 @@ def run(
                 touched = np.zeros(shape[0], dtype=bool)
                 touched[list(sparse_rows[i])] = True
                 g = np.where(_rows(touched, g.ndim), g, dt.type(0))
+            if rounding is not None and repeated_abs is not None and hasattr(rounding, "gradient"):
+                g = rounding.gradient(g, np.asarray(repeated_abs[i], dtype=np.float64).reshape(shape))
             env = dict(env_base, **state)
             env.update(p=p, g=g, t=i + 1)
             if slice_squares is not None:
@@ -131,6 +139,9 @@ def run(
                 if sq.shape != shape:
                     sq = sq.reshape(shape)
                 env["slice_sq"] = rounding(sq) if rounding is not None else sq
+                if rounding is not None and smallest_squares is not None and hasattr(rounding, "taint_below"):
+                    # one slice's square may leave the dtype's range on its own
+                    rounding.taint_below(np.asarray(smallest_squares[i], dtype=np.float64).reshape(shape))
             else:
                 env["slice_sq"] = rounding(g * g) if rounding is not None else g * g
             if rounding is not None:
