@@ -225,7 +225,9 @@ def print_sparse(rows: list[dict[str, Any]], source: str | None) -> None:
     for r in rows:
         declared = r["declared"] + ("+" + "+".join(r["sparse_expect"]) if r.get("sparse_expect") else "")
         measured = r["measured"] or ("unsupported (declared; not run)" if r["declared"] == "unsupported" else "not measured")
-        said = "" if r["measured"] in (r["declared"], "indistinguishable") and not r.get("sparse_expect") else f" [declared {declared}]"
+        said = f" [declared {declared}]"
+        if r["measured"] in (r["declared"], "indistinguishable", "known issue") and not r.get("sparse_expect") or r["declared"] == "?":
+            said = ""
         if r["measured"] == "unsupported" or (r["measured"] is None and r["declared"] == "unsupported"):
             said, detail = "", f": {r.get('reason') or ''}"
         else:
