@@ -109,8 +109,20 @@ class Selection:
 
 def enumerate_cells(catalog: Catalog, selection: Selection = Selection()) -> list[Cell]:
     """Every cell the specs define, filtered by `selection`, in a stable order."""
+    from .cross import mode_pairs
+
     out = []
     for spec in catalog:
+        # The sparse~dense oracle runs once per group of modes with one
+        # configuration (torch forloop, not foreach; Keras eager, not function
+        # or xla): the others are tied to it by the mode~mode cross-oracle and
+        # checked against the reference in their own sparse cells.
+        paired = {
+            b
+            for fw in {f for f, _ in spec.modes}
+            for a, b in mode_pairs(spec, fw)
+            if spec.mode(fw, a).sparse == spec.mode(fw, b).sparse  # (MXNet multi_precision is not lazy)
+        }
         for (fw, mode_name), mode in spec.modes.items():
             devices = mode.devices or FRAMEWORKS[fw].devices
             dtypes = mode.dtypes or tuple(DTYPES)
@@ -123,8 +135,8 @@ def enumerate_cells(catalog: Catalog, selection: Selection = Selection()) -> lis
                     for dtype in dtypes:
                         if kind != "dense" and not sparse_only and dtype not in sparse_dtypes:
                             continue
-                        if kind == "sparse~dense" and mode.sparse.semantics == "unsupported":
-                            continue  # its sparse cell says why
+                        if kind == "sparse~dense" and (mode.sparse.semantics == "unsupported" or mode_name in paired):
+                            continue  # its sparse cell says why; or another mode of its group has the oracle
                         cell = Cell(spec.rule, fw, mode_name, device, dtype, kind)
                         if selection.keeps(cell):
                             out.append(cell)
