@@ -155,3 +155,13 @@ def test_an_oracle_case_keeps_its_gradient_kind():
         Case.from_dict({"rule": "sgd", "dtype": "float64", "params": [[1.0]], "grads": [[[1.0]]], "gradients": "sparse~dense"})
     with pytest.raises(CaseError, match="unknown gradient kind"):
         _sgd_case(gradients="ragged")
+
+
+def test_the_report_shows_the_sparse_table_escaped():
+    from conformance.report import render
+
+    row = {"rule": "sgd", "framework": "mxnet", "mode": "updater", "declared": "lazy", "measured": "unsupported",
+           "cases": {}, "oracle": {"same": 0, "bit_identical": 0, "differs": 0, "diverges": 0},
+           "empty_steps": 1, "all_rows_steps": 2, "duplicates": 0, "failing": 0, "reason": "<script>x</script>"}
+    html = render({"totals": {}, "versions": {}, "environments": [], "cells": [], "sparse": [row]})
+    assert "Sparse gradients" in html and "&lt;script&gt;x&lt;/script&gt;" in html and "<script>" not in html
