@@ -165,3 +165,28 @@ def test_the_report_shows_the_sparse_table_escaped():
            "empty_steps": 1, "all_rows_steps": 2, "duplicates": 0, "failing": 0, "reason": "<script>x</script>"}
     html = render({"totals": {}, "versions": {}, "environments": [], "cells": [], "sparse": [row]})
     assert "Sparse gradients" in html and "&lt;script&gt;x&lt;/script&gt;" in html and "<script>" not in html
+
+
+def _record(mode, semantics, outcome="known-divergence", expected=("lazy",), gradients="sparse", **extra):
+    return {"cell": f"sgd[mxnet-{mode}-cpu-float32-{gradients}]", "rule": "sgd", "framework": "mxnet", "mode": mode,
+            "device": "cpu", "dtype": "float32", "gradients": gradients, "outcome": outcome, "phase": "generate",
+            "expected": list(expected), "sparse_semantics": semantics, "reason": "", **extra}
+
+
+def test_list_sparse_shows_what_a_run_measured(tmp_path, capsys):
+    from conformance.cli import main
+
+    lines = [
+        _record("updater", "lazy"), _record("updater", "either"),
+        _record("updater", None, outcome="conforms", gradients="sparse~dense", reason="the sparse gradient differs from the dense one, as declared (lazy)"),
+        _record("no_lazy_update", "dense", expected=()), _record("no_lazy_update", "lazy", outcome="diverges", expected=()),
+    ]
+    (tmp_path / "results-main.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    assert main(["list", "--sparse", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sgd       mxnet/updater          lazy (cases: either 1, lazy 1; sparse~dense: same 0 (bit-identical 0), differs 1" in out
+    assert "mxnet/no_lazy_update   mixed [declared dense]" in out  # a lazy case where dense is declared
+    assert "jax/eager              unsupported (declared; not run)" in out
+    assert main(["list", "--sparse", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {r["measured"] for r in rows if r["framework"] == "mxnet" and r["rule"] == "sgd"} >= {"lazy", "mixed"}
