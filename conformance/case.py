@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -229,41 +230,45 @@ class Case:
             return rows, self.sparse_values[step]
         return rows, self.grads[step][list(rows)].reshape((len(rows),) + self.shape[1:])
 
-    def slice_squares(self, step: int) -> np.ndarray:
-        """Sum over the step's slices of slice*slice (float64), placed at their rows:
-        g*g unless a row is listed twice (then the squares of its parts)."""
+    @cached_property
+    def slice_terms(self) -> "SliceTerms | None":
+        """What the slices of a case that lists a row twice add to its summed
+        gradients, per step (None when no row repeats: the gradients say all)."""
         if self.sparse_values is None:
-            return self.grads[step] * self.grads[step]
-        rows, values = self.slices(step)
-        out = np.zeros(self.shape)
-        np.add.at(out, list(rows), values * values)
-        return out
+            return None
+        squares, repeated_abs, smallest = [], [], []
+        for step in range(self.steps):
+            rows, values = self.slices(step)
+            index = list(rows)
+            sq, ab, small = np.zeros(self.shape), np.zeros(self.shape), np.full(self.shape, np.inf)
+            if index:
+                np.add.at(sq, index, values * values)
+                np.add.at(ab, index, np.abs(values))
+                np.minimum.at(small, index, np.where(values != 0, values * values, np.inf))
+                ab[np.bincount(index, minlength=self.shape[0]) < 2] = 0.0
+            squares.append(sq)
+            repeated_abs.append(ab)
+            smallest.append(small)
+        return SliceTerms(tuple(squares), tuple(repeated_abs), tuple(smallest))
 
 
-    def smallest_slice_squares(self, step: int) -> np.ndarray:
-        """Per element, the smallest nonzero square of one of the step's
-        slices (inf where there is none): a framework that squares slice by
-        slice takes each through the dtype's range on its own."""
-        out = np.full(self.shape, np.inf)
-        if self.sparse_values is None:
-            return out
-        rows, values = self.slices(step)
-        squares = values * values
-        np.minimum.at(out, list(rows), np.where(squares != 0, squares, np.inf))
-        return out
+@dataclass(frozen=True, eq=False)
+class SliceTerms:
+    """Per step, for a sparse gradient that lists a row twice (float64, shaped like params):
 
-    def repeated_abs_sums(self, step: int) -> np.ndarray:
-        """Sum over the step's slices of |slice|, on the rows listed more than
-        once (zero elsewhere): how large the terms are that a framework may
-        add up in its own order, slice by slice, after linear operations."""
-        out = np.zeros(self.shape)
-        if self.sparse_values is None:
-            return out
-        rows, values = self.slices(step)
-        np.add.at(out, list(rows), np.abs(values))
-        counts = np.bincount(np.asarray(rows, dtype=np.int64), minlength=self.shape[0]) if len(rows) else np.zeros(self.shape[0], int)
-        out[counts < 2] = 0.0
-        return out
+    - `squares`: the sum over the slices of slice*slice, what equations read as
+      `slice_sq` (g*g but where a row repeats: a*a + b*b, not (a + b)^2);
+    - `repeated_abs`: the sum of |slice| on repeated rows (0 elsewhere), how
+      large the terms are that a framework may add up in its own order after
+      linear operations (Keras divides slice by slice);
+    - `smallest_squares`: the smallest nonzero square of one slice (inf where
+      none): a framework that squares slice by slice takes each through the
+      dtype's range on its own.
+    """
+
+    squares: tuple[np.ndarray, ...]
+    repeated_abs: tuple[np.ndarray, ...] | None = None
+    smallest_squares: tuple[np.ndarray, ...] | None = None
 
 
 def _rows_ok(rows: list[int], params: np.ndarray) -> bool:
@@ -287,4 +292,4 @@ def _array(value: Any, path, err) -> np.ndarray:
     return a
 
 
-__all__ = ["Case", "CaseError", "format_path"]
+__all__ = ["Case", "CaseError", "SliceTerms", "format_path"]

@@ -185,12 +185,12 @@ def print_defaults(data: dict[str, Any]) -> None:
 
 def sparse_data(catalog: Catalog, results: str) -> dict[str, Any]:
     """Declared sparse semantics per rule and framework mode, with what a run measured."""
-    from .results import read_records, _sparse_semantics
+    from .results import read_records, sparse_semantics
 
     source = Path(results) if results else _newest_run(Path("reports"))
     measured = {}
     if source is not None and source.exists():
-        measured = {(r["rule"], r["framework"], r["mode"]): r for r in _sparse_semantics(read_records([source]))}
+        measured = {(r["rule"], r["framework"], r["mode"]): r for r in sparse_semantics(read_records([source]))}
     rows = []
     for spec in catalog:
         for (fw, mode_name), mode in spec.modes.items():

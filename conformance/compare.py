@@ -276,9 +276,7 @@ def run_case_rounded(spec: Spec, case: Case, variants: tuple[str, ...], rounding
         variants=variants,
         lr_schedule=case.lr_schedule,
         sparse_rows=case.sparse_rows,
-        slice_squares=[case.slice_squares(i) for i in range(case.steps)] if case.sparse_values is not None else None,
-        repeated_abs=[case.repeated_abs_sums(i) for i in range(case.steps)] if case.sparse_values is not None else None,
-        smallest_squares=[case.smallest_slice_squares(i) for i in range(case.steps)] if case.sparse_values is not None else None,
+        slice_terms=case.slice_terms,
         compute_dtype="longdouble",
         rounding=rounding,
         case_dtype=case.dtype,
@@ -453,12 +451,7 @@ def classify(
         lazy_ok, dense_ok = (vs_expected.ok, vs_toggled.ok) if "lazy" in expected else (vs_toggled.ok, vs_expected.ok)
         sparse = "either" if lazy_ok and dense_ok else "lazy" if lazy_ok else "dense" if dense_ok else "neither"
         if not vs_expected.ok and vs_toggled.ok:
-            where = (
-                f"step {vs_expected.first_divergent_step}, {vs_expected.slot}"
-                f"{list(vs_expected.element) if vs_expected.element else ''}:"
-                f" got {vs_expected.observed_value!r}, expected {vs_expected.expected_value!r}"
-                f" within {vs_expected.bound_value!r}"
-            )
+            where = _where(vs_expected)
             declared = "lazy" if "lazy" in expected else "dense"
             text = f"the untouched rows follow {sparse} sparse semantics, not the declared {declared} ({where})"
             if known_issue is not None:
@@ -498,12 +491,7 @@ def classify(
     found: tuple[tuple[str, ...], ...] = ((),) if stale else ()
     if fingerprint and not stale:
         found = search_variants(spec, case, observed, exclude=expected, ref_of=ref_of)
-    where = (
-        f"step {vs_expected.first_divergent_step}, {vs_expected.slot}"
-        f"{list(vs_expected.element) if vs_expected.element else ''}:"
-        f" got {vs_expected.observed_value!r}, expected {vs_expected.expected_value!r}"
-        f" within {vs_expected.bound_value!r}"
-    )
+    where = _where(vs_expected)
     if stale:
         text = (
             f"matches the canonical rule, not the declared {_variant_name(expected)}: the spec is stale ({where})"
@@ -521,6 +509,14 @@ def classify(
         )
     return Verdict(
         DIVERGES, expected, found[0] if len(found) == 1 else None, vs_expected, vs_canonical, found, stale, text, sparse=sparse
+    )
+
+
+def _where(c: Comparison) -> str:
+    """Where a comparison first failed, for an explanation."""
+    return (
+        f"step {c.first_divergent_step}, {c.slot}{list(c.element) if c.element else ''}:"
+        f" got {c.observed_value!r}, expected {c.expected_value!r} within {c.bound_value!r}"
     )
 
 

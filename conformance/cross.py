@@ -43,13 +43,11 @@ def is_cross(cell: Any) -> bool:
 
 def sides(cell: Any) -> tuple[Any, Any]:
     """The two plain cells a cross cell compares."""
-    from dataclasses import replace as _replace
-
     for field in ("mode", "device", "gradients"):
         value = getattr(cell, field)
         if SEP in value:
             a, b = value.split(SEP, 1)
-            return _replace(cell, **{field: a}), _replace(cell, **{field: b})
+            return replace(cell, **{field: a}), replace(cell, **{field: b})
     raise ValueError(f"{cell.id} is not a cross cell")
 
 
@@ -194,7 +192,8 @@ def _sparse_dense(spec: Spec, cell: Any, mode: ModeConfig, case: Case, sparse: T
     verdict = Verdict(outcome, expect_sparse, None, result, None, (), False, text)
     record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0)
     record.kind = "cross"
-    record.source = "bit-identical" if identical else None
+    # (read by the summary's sparse table)
+    record.source = "bit-identical" if identical else ("differs" if not result.ok else None)
     return record
 
 

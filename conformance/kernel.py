@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .case import Case
+from .case import Case, SliceTerms
 from .dtypes import numpy_dtype
 from .expr import CASE_DTYPE, ROUNDING, rounded_twin
 from .spec import Spec
@@ -51,9 +51,7 @@ def run(
     variants: Sequence[str] = (),
     lr_schedule: Sequence[float] | None = None,
     sparse_rows: Sequence[Sequence[int]] | None = None,
-    slice_squares: Sequence[np.ndarray] | None = None,
-    repeated_abs: Sequence[np.ndarray] | None = None,
-    smallest_squares: Sequence[np.ndarray] | None = None,
+    slice_terms: SliceTerms | None = None,
     compute_dtype: str = "float64",
     rounding: Callable[[np.ndarray], np.ndarray] | None = None,
     case_dtype: str | None = None,
@@ -64,13 +62,12 @@ def run(
     are taken as given (round them to the case dtype first: `run_case` does).
     With `sparse_rows`, rows not listed for a step get a zero gradient; under
     lazy semantics they also keep their parameters and state (a row listed
-    twice is touched once). `slice_squares` (per step) is what the equations
-    see as `slice_sq`: the sum of the squares of a step's sparse slices,
-    which differs from g*g only where a row is listed twice; g*g by default.
-    With `rounding`, `repeated_abs` (per step: the sum of |slice| on rows
-    listed twice) lets the rounding model perturb those rows' gradient by a
-    unit roundoff of it (`rounding.gradient`): a framework may carry the
-    slices through linear operations and sum them later, in its own order.
+    twice is touched once). Equations read `slice_sq`: g*g, or, with
+    `slice_terms` (a case that lists a row twice, `Case.slice_terms`), the sum
+    of the squares of the step's slices. With `rounding`, those terms also
+    perturb the repeated rows' gradient by a unit roundoff of the sum of
+    |slices| (`rounding.gradient`) and taint elements where one slice's
+    square leaves the dtype's range (`rounding.taint_below`).
 
     `rounding` (used by the tolerance's noise estimate) is applied to the
     result of every array operation and to the initial state: a model of a
@@ -130,20 +127,15 @@ def run(
                 touched = np.zeros(shape[0], dtype=bool)
                 touched[list(sparse_rows[i])] = True
                 g = np.where(_rows(touched, g.ndim), g, dt.type(0))
-            if rounding is not None and repeated_abs is not None and hasattr(rounding, "gradient"):
-                g = rounding.gradient(g, np.asarray(repeated_abs[i], dtype=np.float64).reshape(shape))
+            terms = slice_terms
+            if rounding is not None and terms is not None and terms.repeated_abs is not None:
+                g = rounding.gradient(g, terms.repeated_abs[i].reshape(shape))
             env = dict(env_base, **state)
             env.update(p=p, g=g, t=i + 1)
-            if slice_squares is not None:
-                sq = np.asarray(slice_squares[i], dtype=np.float64).astype(dt)
-                if sq.shape != shape:
-                    sq = sq.reshape(shape)
-                env["slice_sq"] = rounding(sq) if rounding is not None else sq
-                if rounding is not None and smallest_squares is not None and hasattr(rounding, "taint_below"):
-                    # one slice's square may leave the dtype's range on its own
-                    rounding.taint_below(np.asarray(smallest_squares[i], dtype=np.float64).reshape(shape))
-            else:
-                env["slice_sq"] = rounding(g * g) if rounding is not None else g * g
+            sq = terms.squares[i].reshape(shape).astype(dt) if terms is not None else g * g
+            env["slice_sq"] = rounding(sq) if rounding is not None else sq
+            if rounding is not None and terms is not None and terms.smallest_squares is not None:
+                rounding.taint_below(terms.smallest_squares[i].reshape(shape))
             if rounding is not None:
                 env[ROUNDING] = rounding
             if lr_schedule is not None:
@@ -186,7 +178,7 @@ def run_case(spec: Spec, case: Case, variants: Sequence[str] | None = None, comp
         variants=case.variant if variants is None else variants,
         lr_schedule=case.lr_schedule,
         sparse_rows=case.sparse_rows,
-        slice_squares=[case.slice_squares(i) for i in range(case.steps)] if case.sparse_values is not None else None,
+        slice_terms=case.slice_terms,
         compute_dtype=compute_dtype,
         case_dtype=case.dtype,
     )

@@ -187,7 +187,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
                 defaults[(row.get("rule"), fw, row.get("mode"), row.get("hyperparameter"), row.get("argument"))] = row
     ordered = sorted(cells.values(), key=lambda c: c["id"])
     semantics = _semantics(records)
-    sparse = _sparse_semantics(records)
+    sparse = sparse_semantics(records)
     totals = Counter(c["outcome"] for c in ordered)
     return {
         "schema": SCHEMA,
@@ -252,11 +252,12 @@ def _semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["rule"], r["framework"], r["mode"]))
 
 
-def _crossed(r: dict[str, Any]) -> bool:
-    return any("~" in str(r.get(k, "")) for k in ("mode", "device", "gradients"))
+def _crossed(r: dict[str, Any], keys: tuple[str, ...] = ("mode", "device", "gradients")) -> bool:
+    """A cross cell's record (two sides in one of `keys`)."""
+    return any("~" in str(r.get(k, "")) for k in keys)
 
 
-#: What a sparse cell's cases showed, in words (see `_sparse_semantics`).
+#: What a sparse cell's cases showed, in words (see `sparse_semantics`).
 SPARSE_MEASURES = {
     "dense": "dense: untouched rows move as with a zero gradient",
     "lazy": "lazy: untouched rows keep their parameters and state",
@@ -269,7 +270,7 @@ SPARSE_MEASURES = {
 }
 
 
-def _sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per rule and framework mode: the sparse semantics the spec declares and
     the one the sparse cases showed (each case is judged against the declared
     variants with the dense and the lazy treatment of untouched rows), with the
@@ -290,7 +291,7 @@ def _sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     for r in records:
         gradients = r.get("gradients", "dense")
-        if gradients == "dense" or r.get("phase") in ("shrink", "minimal") or _crossed_in(r, ("mode", "device")):
+        if gradients == "dense" or r.get("phase") in ("shrink", "minimal") or _crossed(r, ("mode", "device")):
             continue
         row = row_of(r)
         if "cell_status" in r:
@@ -305,7 +306,7 @@ def _sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             elif r.get("source") == "bit-identical":
                 row["oracle"]["bit_identical"] += 1
                 row["oracle"]["same"] += 1
-            elif "differs" in r.get("reason", ""):
+            elif r.get("source") == "differs":
                 row["oracle"]["differs"] += 1
             else:
                 row["oracle"]["same"] += 1
@@ -350,10 +351,6 @@ def _sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["measured"] = "indistinguishable"
         out.append(row)
     return sorted(out, key=lambda r: (r["rule"], r["framework"], r["mode"]))
-
-
-def _crossed_in(r: dict[str, Any], keys: tuple[str, ...]) -> bool:
-    return any("~" in str(r.get(k, "")) for k in keys)
 
 
 def _bump(d: dict[str, int], key: str) -> None:

@@ -37,8 +37,11 @@ def test_sparse_values_give_the_summed_gradient_and_round_trip():
     np.testing.assert_array_equal(case.grads[2], [[0.5, 0.5], [0.25, 0.5], [1, 0]])
     np.testing.assert_array_equal(case.grads[3], [[0, 0], [4, 1], [0, 0]])  # the two slices of row 1, summed
     # slice_sq: the squares of the parts, not of the sum, where a row repeats
-    np.testing.assert_array_equal(case.slice_squares(3), [[0, 0], [10, 5], [0, 0]])
-    np.testing.assert_array_equal(case.slice_squares(0), case.grads[0] ** 2)
+    terms = case.slice_terms
+    np.testing.assert_array_equal(terms.squares[3], [[0, 0], [10, 5], [0, 0]])
+    np.testing.assert_array_equal(terms.squares[0], case.grads[0] ** 2)
+    np.testing.assert_array_equal(terms.repeated_abs[3], [[0, 0], [4, 3], [0, 0]])  # row 1 only: |1|+|3|, |2|+|-1|
+    np.testing.assert_array_equal(terms.smallest_squares[3][1], [1, 1])
     again = Case.from_dict(json.loads(case.to_json()))
     assert again.sparse_rows == case.sparse_rows
     np.testing.assert_array_equal(again.grads, case.grads)
@@ -178,7 +181,7 @@ def test_list_sparse_shows_what_a_run_measured(tmp_path, capsys):
 
     lines = [
         _record("updater", "lazy"), _record("updater", "either"),
-        _record("updater", None, outcome="conforms", gradients="sparse~dense", reason="the sparse gradient differs from the dense one, as declared (lazy)"),
+        _record("updater", None, outcome="conforms", gradients="sparse~dense", source="differs"),
         _record("no_lazy_update", "dense", expected=()), _record("no_lazy_update", "lazy", outcome="diverges", expected=()),
     ]
     (tmp_path / "results-main.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")

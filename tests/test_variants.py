@@ -9,6 +9,7 @@ a "known divergence" out of nothing).
 import numpy as np
 import pytest
 
+from conformance.case import SliceTerms
 from conformance.kernel import run
 
 RNG = np.random.default_rng(11)
@@ -31,10 +32,10 @@ def test_every_variant_differs_from_canonical_somewhere(catalog):
     for spec in catalog:
         hp = {k: v for k, v in loud.items() if k in spec.hyperparameters}
         # every row's gradient given as two equal halves (slice_sq = g*g/2), for per_slice_square
-        halves = [g * g / 2 for g in GRADS]
-        canonical = run(spec, hp, P0, GRADS, sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3, slice_squares=halves)
+        halves = SliceTerms(tuple(g * g / 2 for g in GRADS))
+        canonical = run(spec, hp, P0, GRADS, sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3, slice_terms=halves)
         for name in spec.variants:
-            got = run(spec, hp, P0, GRADS, variants=[name], sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3, slice_squares=halves)
+            got = run(spec, hp, P0, GRADS, variants=[name], sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3, slice_terms=halves)
             assert not np.allclose(got.params, canonical.params, rtol=1e-9, atol=0), (spec.rule, name)
 
 
