@@ -149,6 +149,11 @@ def test_a_declared_framework_error_is_a_known_issue_not_a_crash(catalog, hosts)
     case = _case("adagrad", {"lr": 0.1})  # step 2 lists no row: Keras' XLA divide fails to compile
     record = execute(spec, Cell("adagrad", "tensorflow", "xla", "cpu", "float64", "sparse"), case, hosts("tensorflow"))
     assert record.outcome == KNOWN and record.known_issue and "left_branch_shape" in record.reason
+    # Keras centered RMSprop on a repeated row after a step on it: a declared error
+    rms = Case.from_dict({"rule": "rmsprop", "dtype": "float64", "hyperparameters": {"lr": 0.01, "rho": 0.5, "centered": True},
+                          "params": [[0.0], [0.0], [0.0]], "sparse_rows": [[0], [0, 0]], "sparse_values": [[[1.0]], [[1.0], [1.0]]], "device": "cpu"})
+    record = execute(catalog.get("rmsprop"), Cell("rmsprop", "tensorflow", "eager", "cpu", "float64", "sparse"), rms, hosts("tensorflow"))
+    assert record.outcome == KNOWN and "indices[0] = 3 is not in [0, 3)" in record.reason
     # torch refuses weight decay with sparse gradients: declared, so a skip with the reason
     skipped = execute(catalog.get("sgd"), Cell("sgd", "torch", "forloop", "cpu", "float64", "sparse"), _case("sgd", {"weight_decay": 0.1}), hosts("torch"))
     assert skipped.outcome == "unsupported" and "add(sparse, dense)" in skipped.reason
