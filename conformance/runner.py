@@ -23,7 +23,7 @@ from . import strategies
 from .case import Case
 from .catalog import Catalog
 from .compare import CONFORMS, CRASH, FAILING, KNOWN, OUTCOMES, UNSUPPORTED, Trajectories, Verdict, classify
-from .dtypes import DTYPES, round_to
+from .dtypes import DTYPES, PRECISION, round_to
 from .registry import FRAMEWORKS
 from .spec import ModeConfig, Spec
 
@@ -336,7 +336,27 @@ def skip_reason(mode: ModeConfig, case: Case, hp: dict[str, Any]) -> str | None:
         why = "this mode's learning rate cannot be set per step (no native argument maps to lr)"
     if why is None and mode.gradients == "sparse" and case.sparse_rows is None:
         why = f"{mode.optimizer} takes sparse gradients only; this case is dense"
-    return why
+    return why or _subnormal_input(mode, case, hp)
+
+
+def _subnormal_input(mode: ModeConfig, case: Case, hp: dict[str, Any]) -> str | None:
+    """A hyperparameter the framework stores narrower (`input_dtypes`) that is
+    subnormal there: whether it survives depends on the framework's
+    flush-to-zero mode (TensorFlow flushes on the CPU), so the case cannot say
+    what the rule gives."""
+    for name, stages in mode.input_dtypes:
+        values = list(case.lr_schedule) if name == "lr" and case.lr_schedule is not None else [hp.get(name)]
+        for value in values:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating)) or value == 0:
+                continue
+            for stage in stages:
+                dtype = case.dtype if stage == "tensor" else stage
+                if abs(value) < 2.0 ** PRECISION[dtype][1]:
+                    return (
+                        f"{name} = {value!r} is subnormal in {dtype}, where {mode.optimizer} stores it: whether it is"
+                        " flushed to zero depends on the framework's flush-to-zero mode"
+                    )
+    return None
 
 
 def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | None = None, fingerprint: bool = True) -> Record:

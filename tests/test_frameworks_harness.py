@@ -172,3 +172,18 @@ def test_none_is_an_argument_value_but_never_a_step_value(catalog):
     assert off({"momentum": 0.0}) is None and off({"momentum": 0.9}) == 0.9
     mode = catalog.get("sgd").mode("jax", "jit")
     assert mode.native_args(catalog.get("sgd").resolve({"momentum": 0.0}))["momentum"] is None
+
+
+def test_a_hyperparameter_subnormal_where_the_framework_stores_it_is_not_judged(catalog):
+    from conformance.runner import skip_reason, stored_inputs
+
+    spec = catalog.get("adagrad")
+    mode = spec.mode("tensorflow", "eager")  # Keras rounds the initial accumulator to float32
+    case = Case.from_dict({"rule": "adagrad", "dtype": "float64", "params": [1.0], "grads": [[1.0]],
+                           "hyperparameters": {"initial_accumulator_value": 1e-45}})
+    case = stored_inputs(spec, mode, case)
+    why = skip_reason(mode, case, spec.resolve(case.hyperparameters))
+    assert why is not None and "subnormal in float32" in why
+    normal = Case.from_dict({"rule": "adagrad", "dtype": "float64", "params": [1.0], "grads": [[1.0]],
+                             "hyperparameters": {"initial_accumulator_value": 1e-30}})
+    assert skip_reason(mode, normal, spec.resolve(normal.hyperparameters)) is None
