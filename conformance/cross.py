@@ -140,7 +140,7 @@ def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: floa
     if outcome == DIVERGES and issue is not None:
         outcome, text = KNOWN, f"known issue: {issue.reason} ({text})"
     verdict = Verdict(outcome, mode.expect, None, result, None, (), False, text, known_issue=issue.reason if issue and outcome == KNOWN else None)
-    record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0)
+    record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0, observed=b, first_side=a)
     record.kind = "cross"
     record.source = "bit-identical" if identical else None
     return record
@@ -190,7 +190,7 @@ def _sparse_dense(spec: Spec, cell: Any, mode: ModeConfig, case: Case, sparse: T
         outcome = DIVERGES
         text = f"the sparse gradient differs from the dense one ({where}), but the spec declares it dense-equivalent"
     verdict = Verdict(outcome, expect_sparse, None, result, None, (), False, text)
-    record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0)
+    record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0, observed=sparse, first_side=dense)
     record.kind = "cross"
     # (read by the summary's sparse table)
     record.source = "bit-identical" if identical else ("differs" if not result.ok else None)

@@ -26,24 +26,30 @@ class FrameworkEntry:
     #: what `conformance setup-worker` installs into the framework's own
     #: environment, for a framework that cannot share the harness's (numpy pins)
     worker_requirements: tuple[str, ...] = ()
+    #: module that writes a standalone reproducer's framework part (no framework import)
+    script: str | None = None
 
 
 FRAMEWORKS: dict[str, FrameworkEntry] = {
     entry.name: entry
     for entry in (
-        FrameworkEntry("torch", "conformance.adapters.torch", "torch", ("torch",), "PyTorch", ("cpu", "cuda")),
+        FrameworkEntry(
+            "torch", "conformance.adapters.torch", "torch", ("torch",), "PyTorch", ("cpu", "cuda"),
+            script="conformance.adapters.torch_script",
+        ),
         FrameworkEntry(
             "tensorflow",
             "conformance.adapters.tensorflow",
             "tensorflow",
             ("tensorflow-cpu", "tensorflow"),
             "TensorFlow / Keras",
+            script="conformance.adapters.tensorflow_script",
         ),
-        FrameworkEntry("jax", "conformance.adapters.jax", "optax", ("optax",), "JAX / Optax"),
+        FrameworkEntry("jax", "conformance.adapters.jax", "optax", ("optax",), "JAX / Optax", script="conformance.adapters.jax_script"),
         # MXNet 1.9.1 (the last release) needs numpy < 1.24: its own worker environment
         FrameworkEntry(
             "mxnet", "conformance.adapters.mxnet", "mxnet", ("mxnet",), "MXNet",
-            worker_requirements=("mxnet==1.9.1", "numpy<1.24"),
+            worker_requirements=("mxnet==1.9.1", "numpy<1.24"), script="conformance.adapters.mxnet_script",
         ),
     )
 }

@@ -1,19 +1,47 @@
-"""The HTML report: one self-contained page from a results directory.
+"""The HTML report: one self-contained page from one or more results directories.
 
-This first version lists every cell (rule x framework/mode/device/dtype)
-with its outcome, counts, worst errors, the variant it follows and, for a
-failing cell, the shrunk minimal case and its replay command. Jinja2 with
-autoescaping renders it: everything from specs and results is escaped. No
-scripts or resources from the network; it opens from a CI artifact.
+What a person reads after a CI run, to understand a divergence in a minute
+and reproduce it in five:
+
+- the matrix of rules (rows) x framework/mode/device/dtype (columns), each
+  cell coloured by its outcome with its case count and worst error, with
+  filters by framework, device, dtype, gradient kind and outcome;
+- per cell, a drill-down: what the cell showed and why (the matched or
+  declared variant with its explanation and the spec's citation, known
+  issues, crashes with their traceback), the worst and the shrunk minimal
+  case, the first divergent step, slot and element, plots of the per-step
+  error against the rounding bound (absolute and in ulps) and of one
+  element's trajectory (framework against the references), a standalone
+  reproducer script (numpy and the framework only) and the replay command;
+- per rule, the framework defaults and the sparse-gradient semantics, with
+  differences highlighted, and what the cases showed of each declaration;
+- the environment of every merged run: versions, devices, CPU and GPU names,
+  seed, profile, duration.
+
+Everything is in the one file: CSS, the page's script, plotly.js (the
+plotting library, inlined from the `plotly` package; it draws SVG) and the
+data. A cell's drill-down data sits in its own inert
+`<script type="application/json">` block that is parsed only when the cell
+is opened, so the page stays fast with thousands of cells. Jinja2
+autoescaping and `tojson` escape everything that comes from specs and
+results, and the page's script inserts text with `textContent` only.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
+from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
+
+from . import __version__
+from .compare import OUTCOMES
+from .dtypes import DTYPES
+from .registry import FRAMEWORKS
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("conformance", "templates"),
@@ -21,12 +49,252 @@ _ENV = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 
+NOT_RUN = "not run"
+#: the matrix's outcomes, worst first, and a symbol for each (colour is not the only cue)
+SYMBOLS = {"crash": "\u203c", "diverges": "\u2717", "known-divergence": "\u2248", "conforms": "\u2713", "unsupported": "\u2013", NOT_RUN: "\u00b7"}
+GRADIENTS = ("dense", "sparse", "sparse~dense")
 
-def render(summary: dict[str, Any]) -> str:
-    return _ENV.get_template("report.html.j2").render(summary=summary, json=json)
+
+@lru_cache(maxsize=1)
+def plotly_js() -> str:
+    """plotly.js, from the installed `plotly` package (inlined: no network)."""
+    return importlib.resources.files("plotly").joinpath("package_data/plotly.min.js").read_text(encoding="utf-8")
 
 
-def write_report(directory: str | Path, summary: dict[str, Any]) -> Path:
+def _order(cell: dict[str, Any]) -> tuple:
+    fw = list(FRAMEWORKS).index(cell["framework"]) if cell["framework"] in FRAMEWORKS else len(FRAMEWORKS)
+    dtypes = list(DTYPES)[::-1]  # float64 first
+    return (
+        fw,
+        cell["framework"],
+        cell.get("version") or "",
+        "~" in cell["mode"],
+        cell["mode"],
+        "~" in cell["device"],
+        cell["device"],
+        GRADIENTS.index(cell.get("gradients", "dense")) if cell.get("gradients", "dense") in GRADIENTS else 9,
+        dtypes.index(cell["dtype"]) if cell["dtype"] in dtypes else 9,
+    )
+
+
+def _column(cell: dict[str, Any]) -> tuple:
+    return (cell["framework"], cell.get("version") or "", cell["mode"], cell["device"], cell.get("gradients", "dense"), cell["dtype"])
+
+
+def _short_dtype(dtype: str) -> str:
+    return {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}.get(dtype, dtype)
+
+
+def display_outcome(cell: dict[str, Any]) -> str:
+    return NOT_RUN if cell.get("skipped") else cell["outcome"]
+
+
+def matrix(summary: dict[str, Any]) -> dict[str, Any]:
+    """Columns (framework/mode/device/gradients/dtype), rows (rules) and, per
+    row, the cell of each column (or None where the rule has no such cell)."""
+    cells = sorted(summary["cells"], key=_order)
+    columns: list[tuple] = []
+    seen = set()
+    for c in cells:
+        key = _column(c)
+        if key not in seen:
+            seen.add(key)
+            columns.append(key)
+    index = {key: i for i, key in enumerate(columns)}
+    rules = sorted({c["rule"] for c in cells})
+    rows = {rule: [None] * len(columns) for rule in rules}
+    for n, c in enumerate(summary["cells"]):
+        rows[c["rule"]][index[_column(c)]] = n
+    cols = [
+        {
+            "framework": fw, "version": version, "mode": mode, "device": device, "gradients": grad, "dtype": dtype,
+            "label": _short_dtype(dtype) + ({"sparse": " sp", "sparse~dense": " sp~d"}.get(grad, "")),
+            "framework_label": fw + (f" @ {version}" if version else ""),
+        }
+        for fw, version, mode, device, grad, dtype in columns
+    ]
+    # header groups: consecutive columns with the same framework, then mode, then device
+    groups = []
+    for depth, name in enumerate(("framework_label", "mode", "device")):
+        row: list[dict[str, Any]] = []
+        for i, col in enumerate(cols):
+            key = tuple(cols[i][k] for k in ("framework_label", "mode", "device")[: depth + 1])
+            if row and row[-1]["key"] == key:
+                row[-1]["span"] += 1
+                row[-1]["columns"].append(i)
+            else:
+                row.append({"key": key, "label": col[name], "span": 1, "columns": [i], "framework": col["framework"]})
+        groups.append(row)
+    return {"columns": cols, "rules": rules, "rows": rows, "groups": groups}
+
+
+def _variant_doc(spec: Any, name: str) -> dict[str, str]:
+    v = spec.variants.get(name) if spec is not None else None
+    if v is None:
+        return {"name": name, "explain": "", "cite": ""}
+    return {"name": name, "explain": " ".join((v.explain or "").split()), "cite": " ".join((v.cite or "").split())}
+
+
+def _mode_doc(spec: Any, cell: dict[str, Any]) -> dict[str, Any]:
+    """The spec's declaration for the cell's framework mode: optimizer, source citation, note, known issues."""
+    if spec is None:
+        return {}
+    out: dict[str, Any] = {}
+    for mode_name in cell["mode"].split("~"):
+        try:
+            mode = spec.mode(cell["framework"], mode_name)
+        except (KeyError, ValueError):
+            continue
+        out.setdefault("modes", []).append({
+            "mode": mode_name,
+            "optimizer": mode.optimizer,
+            "source": " ".join((mode.source or "").split()),
+            "note": " ".join((mode.note or "").split()),
+            "expect": [_variant_doc(spec, v) for v in mode.expect],
+            "known_issues": [
+                {"reason": " ".join((k.reason or "").split()), "evidence": " ".join((k.evidence or "").split())}
+                for k in mode.known_issues
+                if (k.devices is None or cell["device"] in k.devices) and (k.dtypes is None or cell["dtype"] in k.dtypes)
+            ],
+            "sparse": {
+                "semantics": mode.sparse.semantics, "note": " ".join((mode.sparse.note or "").split()),
+                "cite": " ".join((mode.sparse.cite or "").split()),
+            } if cell.get("gradients", "dense") != "dense" else None,
+        })
+    return out
+
+
+def _case_view(spec: Any, cell: dict[str, Any], record: dict[str, Any] | None, label: str) -> dict[str, Any] | None:
+    if not record:
+        return None
+    from .evidence import case_evidence
+    from .reproducer import script
+
+    view: dict[str, Any] = {
+        "label": label,
+        "outcome": record.get("outcome"),
+        "reason": record.get("reason", ""),
+        "kind": record.get("kind"),
+        "source": record.get("source"),
+        "hyperparameters": record.get("hyperparameters"),
+        "shape": record.get("shape"),
+        "steps": record.get("steps"),
+        "lr_schedule": record.get("lr_schedule"),
+        "sparse_steps": record.get("sparse_steps"),
+        "matched_variant": record.get("matched_variant"),
+        "expected": record.get("expected"),
+        "fingerprint": record.get("fingerprint"),
+        "known_issue": record.get("known_issue"),
+        "against_expected": record.get("against_expected"),
+        "against_canonical": record.get("against_canonical"),
+        "detail": record.get("detail"),
+    }
+    if "case" in record:
+        case = dict(record["case"])
+        if "~" in cell["mode"] or "~" in cell["device"]:
+            case.update(mode=cell["mode"], device=cell["device"])  # replayed as the cross cell: both sides
+        if "~" in cell.get("gradients", "dense"):
+            case["gradients"] = cell["gradients"]
+        view["case"] = case
+        view["replay"] = "conformance replay case.json --json"
+    if spec is not None:
+        try:
+            view["evidence"] = case_evidence(spec, record)
+        except Exception as exc:  # noqa: BLE001 - a report never fails for one cell's evidence
+            view["evidence_error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            view["script"] = script(spec, record, version=__version__)
+        except NotImplementedError as exc:
+            view["script_error"] = str(exc)
+        except Exception as exc:  # noqa: BLE001
+            view["script_error"] = f"{type(exc).__name__}: {exc}"
+    return view
+
+
+def cell_detail(cell: dict[str, Any], catalog: Any) -> dict[str, Any]:
+    """Everything the drill-down of one cell shows (JSON data)."""
+    spec = None
+    if catalog is not None:
+        try:
+            spec = catalog.get(cell["rule"])
+        except (KeyError, ValueError):
+            spec = None
+    keep = ("id", "rule", "framework", "mode", "device", "dtype", "gradients", "version", "counts", "examples", "seconds",
+            "matched_variants", "fingerprints", "known_issues", "stale", "unsupported_reasons", "crash_reasons", "skipped",
+            "worst_errors")
+    out = {k: cell.get(k) for k in keep}
+    out["outcome"] = display_outcome(cell)
+    out["variants"] = [_variant_doc(spec, v) for name in (cell.get("matched_variants") or {}) for v in name.split("+") if v != "canonical"]
+    out["declaration"] = _mode_doc(spec, cell)
+    minimal, worst = cell.get("minimal"), cell.get("worst")
+    out["cases"] = [v for v in (
+        _case_view(spec, cell, minimal, "shrunk minimal case"),
+        _case_view(spec, cell, worst if worst is not minimal else None, "worst case (largest error against its bound)"),
+    ) if v is not None]
+    return out
+
+
+def rule_tables(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per rule: defaults across frameworks (differences marked), sparse semantics, semantics measured."""
+    by_rule: dict[str, dict[str, Any]] = defaultdict(lambda: {"defaults": [], "sparse": [], "semantics": []})
+    for d in summary.get("defaults") or []:
+        by_rule[d["rule"]]["defaults"].append(d)
+    for r in summary.get("sparse") or []:
+        by_rule[r["rule"]]["sparse"].append(r)
+    for r in summary.get("semantics") or []:
+        by_rule[r["rule"]]["semantics"].append(r)
+    out = []
+    for rule in sorted(by_rule):
+        t = by_rule[rule]
+        # defaults pivoted: one row per hyperparameter, one column per framework/mode
+        where = sorted({(d["framework"], d["mode"], d["optimizer"]) for d in t["defaults"]},
+                       key=lambda k: (list(FRAMEWORKS).index(k[0]) if k[0] in FRAMEWORKS else 9, k[1]))
+        hps: dict[str, dict[str, Any]] = {}
+        for d in t["defaults"]:
+            row = hps.setdefault(d["hyperparameter"], {"hyperparameter": d["hyperparameter"], "canonical": d["canonical_default"], "values": {}})
+            row["values"][f"{d['framework']}/{d['mode']}"] = d
+        out.append({
+            "rule": rule,
+            "default_columns": [{"key": f"{fw}/{mode}", "framework": fw, "mode": mode, "optimizer": opt} for fw, mode, opt in where],
+            "defaults": [hps[k] for k in sorted(hps)],
+            "sparse": t["sparse"],
+            "semantics": t["semantics"],
+        })
+    return out
+
+
+def render(summary: dict[str, Any], catalog: Any = None) -> str:
+    if catalog is None:
+        from .catalog import load_catalog
+
+        catalog = load_catalog()
+    m = matrix(summary)
+    details = [cell_detail(c, catalog) for c in summary["cells"]]
+    envs = summary.get("environments") or []
+    return _ENV.get_template("report.html.j2").render(
+        summary=summary,
+        matrix=m,
+        details=details,
+        cells=summary["cells"],
+        display_outcome=display_outcome,
+        symbols=SYMBOLS,
+        outcomes=[*OUTCOMES, NOT_RUN],
+        rules=rule_tables(summary),
+        environments=envs,
+        version=__version__,
+        plotly_js=plotly_js(),
+        report_js=_ENV.loader.get_source(_ENV, "report.js")[0],
+        json=json,
+        filters={
+            "framework": sorted({c["framework"] for c in summary["cells"]}, key=lambda f: list(FRAMEWORKS).index(f) if f in FRAMEWORKS else 9),
+            "device": sorted({c["device"] for c in summary["cells"]}),
+            "dtype": [d for d in list(DTYPES)[::-1] if any(c["dtype"] == d for c in summary["cells"])],
+            "gradients": [g for g in GRADIENTS if any(c.get("gradients", "dense") == g for c in summary["cells"])],
+        },
+    )
+
+
+def write_report(directory: str | Path, summary: dict[str, Any], catalog: Any = None) -> Path:
     path = Path(directory) / "index.html"
-    path.write_text(render(summary), encoding="utf-8")
+    path.write_text(render(summary, catalog), encoding="utf-8")
     return path

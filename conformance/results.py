@@ -69,23 +69,63 @@ def write_cell_status(writer: ResultWriter, cell: Any, status: str, reason: str,
     writer.write_line({"cell": cell.id, **cell.to_json(), "cell_status": status, "reason": reason})
 
 
-def read_records(directories: Iterable[str | Path]) -> list[dict[str, Any]]:
+def _result_files(d: Path) -> list[Path]:
+    # (a `--jobs` run keeps its shards in shard-K-of-N/ subdirectories)
+    return sorted([*d.glob("results*.jsonl"), *d.glob("shard-*/results*.jsonl")]) if d.is_dir() else [d]
+
+
+def _read_file(f: Path) -> list[dict[str, Any]]:
     out = []
+    with open(f, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                # the last line of a killed run may be cut short
+                continue
+    return out
+
+
+def read_records(directories: Iterable[str | Path]) -> list[dict[str, Any]]:
+    return [r for d in directories for f in _result_files(Path(d)) for r in _read_file(f)]
+
+
+def version_label(versions: dict[str, Any] | None) -> str:
+    """A framework's versions in a few characters (`torch=2.13.0+cpu`, `tensorflow=2.21.0,keras=3.15.1`)."""
+    skip = {"numpy", "python", "keras_backend", "cuda"}
+    return ",".join(f"{k}={v}" for k, v in (versions or {}).items() if k not in skip and v)
+
+
+def read_versioned_records(directories: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Every record of every directory. Where the merged directories ran one
+    framework in more than one version (two machines, a pinned and a
+    candidate release), its records get `version` and their cell ids an
+    `@<version>` suffix, so the versions stay apart as cells of their own."""
+    sources: list[tuple[list[dict[str, Any]], dict[str, str]]] = []
+    labels: dict[str, set[str]] = defaultdict(set)
     for d in directories:
-        d = Path(d)
-        # (a `--jobs` run keeps its shards in shard-K-of-N/ subdirectories)
-        files = sorted([*d.glob("results*.jsonl"), *d.glob("shard-*/results*.jsonl")]) if d.is_dir() else [d]
-        for f in files:
-            with open(f, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, 1):
-                    line = line.strip()
-                    if not line:
-                        continue
-                    try:
-                        out.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        # the last line of a killed run may be cut short
-                        continue
+        for f in _result_files(Path(d)):
+            env_file = f.parent / (f.name.replace("results", "environment", 1).replace(".jsonl", ".json"))
+            versions: dict[str, str] = {}
+            if env_file.is_file():
+                env = json.loads(env_file.read_text(encoding="utf-8"))
+                for fw, info in (env.get("frameworks") or {}).items():
+                    if isinstance(info, dict) and info.get("versions"):
+                        versions[fw] = version_label(info["versions"])
+                        labels[fw].add(versions[fw])
+            sources.append((_read_file(f), versions))
+    split = {fw for fw, seen in labels.items() if len(seen) > 1}
+    out = []
+    for records, versions in sources:
+        for r in records:
+            fw = r.get("framework")
+            if fw in split and fw in versions:
+                r["version"] = versions[fw]
+                r["cell"] = f"{r['cell']}@{versions[fw]}"
+            out.append(r)
     return out
 
 
@@ -105,16 +145,32 @@ def write_environment(directory: str | Path, name: str, data: dict[str, Any]) ->
 def environment(run: dict[str, Any], frameworks: dict[str, Any]) -> dict[str, Any]:
     return {
         "run": run,
-        "host": {"machine": platform.machine(), "processor": platform.processor(), "system": platform.platform(), "python": platform.python_version(), "node": platform.node()},
+        "host": {
+            "machine": platform.machine(), "processor": platform.processor(), "cpu": cpu_name(),
+            "system": platform.platform(), "python": platform.python_version(), "node": platform.node(),
+            "cpus": os.cpu_count(),
+        },
         "frameworks": frameworks,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
     """One entry per cell: outcome counts, worst errors, matched variants, minimal case."""
     directories = list(directories)
-    records = read_records(directories)
+    records = read_versioned_records(directories)
     envs = read_environments(directories)
     cells: dict[str, dict[str, Any]] = {}
     counts: dict[str, Counter] = defaultdict(Counter)
@@ -126,6 +182,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
                 "id": cid,
                 **{k: r[k] for k in ("rule", "framework", "mode", "device", "dtype")},
                 "gradients": r.get("gradients", "dense"),
+                "version": r.get("version"),
                 "outcome": None,
                 "counts": {},
                 "matched_variants": {},

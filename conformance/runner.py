@@ -215,6 +215,10 @@ class Record:
     seconds: float = 0.0
     framework_seconds: float = 0.0
     known_issue: str | None = None  # a declared framework error that this crash is (no verdict then)
+    #: what the framework computed, kept with the case: the report's per-step
+    #: error plots and trajectories are drawn from it against the reference
+    observed: Trajectories | None = None
+    first_side: Trajectories | None = None  # a cross cell's first side (observed is the second)
 
     @property
     def failing(self) -> bool:
@@ -262,7 +266,30 @@ class Record:
             out["detail"] = self.detail[-4000:]
         if with_case and self.case is not None:
             out["case"] = self.case.to_dict()
+            if self.observed is not None:
+                out["observed"] = trajectories_json(self.observed)
+            if self.first_side is not None:
+                out["first_side"] = trajectories_json(self.first_side)
         return out
+
+
+def trajectories_json(t: Trajectories) -> dict[str, Any]:
+    """Observed values as JSON data (exact floats; nan and inf as strings)."""
+    return {"params": _plain(t.params), "state": {k: _plain(v) for k, v in t.state.items()}}
+
+
+def trajectories_from_json(data: dict[str, Any]) -> Trajectories:
+    def arr(x: Any) -> np.ndarray:
+        return np.asarray(np.vectorize(float, otypes=[np.float64])(np.asarray(x, dtype=object)), dtype=np.float64)
+
+    return Trajectories(arr(data["params"]), {k: arr(v) for k, v in (data.get("state") or {}).items()})
+
+
+def _plain(a: np.ndarray) -> Any:
+    a = np.asarray(a, dtype=np.float64)
+    if np.isfinite(a).all():
+        return a.tolist()
+    return np.vectorize(lambda x: float(x) if np.isfinite(x) else ("nan" if np.isnan(x) else ("inf" if x > 0 else "-inf")), otypes=[object])(a).tolist()
 
 
 def build_request(spec: Spec, mode: ModeConfig, case: Case) -> dict[str, Any]:
@@ -401,6 +428,7 @@ def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | N
         case=case,
         seconds=time.perf_counter() - t0,
         framework_seconds=answer.seconds,
+        observed=observed,
     )
 
 

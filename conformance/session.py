@@ -9,6 +9,7 @@ process by default), the run's seed and profile, and the results writer.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -158,6 +159,8 @@ class Session:
         self.writer_name = writer_name
         self._hosts: dict[str, Any] = {}
         self._described: dict[str, dict[str, Any]] = {}
+        self._started = time.time()
+        self._environment: dict[str, Any] | None = None
 
     def cells(self) -> list[Cell]:
         cells = enumerate_cells(self.catalog, self.options.selection)
@@ -207,6 +210,7 @@ class Session:
         env = environment(self.options.to_json(), {fw: self.describe(fw) for fw in frameworks})
         if self.out is not None:
             write_environment(self.out, self.writer_name, env)
+            self._environment = env
         return env
 
     def run_cell(self, cell: Cell) -> CellResult:
@@ -234,3 +238,9 @@ class Session:
             host.close()
         if self.writer is not None:
             self.writer.close()
+        if self._environment is not None and self.out is not None:
+            # the run's duration, for the report's environment section
+            self._environment["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            self._environment["duration_s"] = round(time.time() - self._started, 1)
+            write_environment(self.out, self.writer_name, self._environment)
+            self._environment = None
