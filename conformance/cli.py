@@ -472,7 +472,8 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
         bar.close()
         session.close()
     summary = write_summary(out)
-    report = write_report(out, summary)
+    # (a shard of a `--jobs` run leaves the report to the merge)
+    report = write_report(out, summary, catalog) if options.shard is None or args.jobs != 1 else "written by the merge"
     _print_cells(summary)
     _print_semantics(summary)
     print(f"summary: {out / 'summary.json'}; report: {report}")
@@ -551,7 +552,7 @@ def _run_jobs(args: argparse.Namespace, options: Any, out: Path, run_id: str, jo
         log.close()
         print(f"  shard {k}/{jobs}: exit {codes[k]} after {time.perf_counter() - t0:.0f} s (log: {out / f'shard-{k}-of-{jobs}.log'})")
     summary = write_summary(out)  # reads the shard-*/ directories
-    report = write_report(out, summary)
+    report = write_report(out, summary, load_catalog(args.specs))
     _print_cells(summary)
     _print_semantics(summary)
     print(f"summary: {out / 'summary.json'}; report: {report}; wall time {time.perf_counter() - t0:.0f} s")
@@ -609,7 +610,7 @@ def cmd_merge(args: argparse.Namespace, catalog: Catalog) -> int:
         if not Path(d).is_dir():
             raise ValueError(f"{d}: not a results directory")
     summary = write_summary(out, args.dirs)
-    report = write_report(out, summary)
+    report = write_report(out, summary, catalog)
     _print_cells(summary)
     print(f"summary: {out / 'summary.json'}; report: {report}")
     return 1 if summary["failed"] else 0

@@ -109,7 +109,7 @@ def per_step(observed: Trajectories, ref: Reference, dtype: str) -> dict[str, An
             out["bound_ulp"].append(_num(b / u1))
             out["max_ulp"].append(_num(max_ulp))
             out["ratio"].append(_num(r))
-            out["where"].append(name + (str(list(np.unravel_index(i, shape))) if shape else ""))
+            out["where"].append(name + (str([int(k) for k in np.unravel_index(i, shape)]) if shape else ""))
     return out
 
 

@@ -185,4 +185,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from .report import write_report
 
         summary = write_summary(state.out)
-        write_report(state.out, summary)
+        write_report(state.out, summary, state.catalog)

@@ -263,6 +263,23 @@ def rule_tables(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _environment_view(env: dict[str, Any]) -> dict[str, Any]:
+    """An environment file with every field the page shows (older or partial files lack some)."""
+    host = {k: None for k in ("node", "cpu", "processor", "machine", "cpus", "system", "python")} | (env.get("host") or {})
+    run = {k: None for k in ("profile", "max_examples", "max_steps", "max_size", "seed", "shard", "isolation")} | (env.get("run") or {})
+    frameworks = {}
+    for fw, info in (env.get("frameworks") or {}).items():
+        info = dict(info) if isinstance(info, dict) else {"available": False, "reason": str(info)}
+        info.setdefault("available", False)
+        info.setdefault("reason", None)
+        info.setdefault("versions", {})
+        info.setdefault("python", None)
+        info["devices"] = {d: {"available": False, "name": None, "reason": None} | (v or {}) for d, v in (info.get("devices") or {}).items()}
+        frameworks[fw] = info
+    return {"host": host, "run": run, "frameworks": frameworks, "time": env.get("time"),
+            "finished": env.get("finished"), "duration_s": env.get("duration_s")}
+
+
 def render(summary: dict[str, Any], catalog: Any = None) -> str:
     if catalog is None:
         from .catalog import load_catalog
@@ -270,7 +287,7 @@ def render(summary: dict[str, Any], catalog: Any = None) -> str:
         catalog = load_catalog()
     m = matrix(summary)
     details = [cell_detail(c, catalog) for c in summary["cells"]]
-    envs = summary.get("environments") or []
+    envs = [_environment_view(e) for e in summary.get("environments") or []]
     return _ENV.get_template("report.html.j2").render(
         summary=summary,
         matrix=m,

@@ -1,0 +1,110 @@
+"""The report's data, without a browser: merged result directories keep
+framework versions apart, the evidence of a case (per-step errors against
+the bound, one element's trajectory) says where it diverged, and the page
+carries every cell's drill-down as escaped JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+
+from conformance.case import Case
+from conformance.compare import classify
+from conformance.evidence import case_evidence
+from conformance.kernel import run_case
+from conformance.report import render
+from conformance.results import summarize
+from conformance.runner import Cell, Record, Trajectories
+
+ADAM = {"lr": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False, "maximize": False}
+
+
+def _record(catalog, observed_params: np.ndarray, case: Case, cell: Cell) -> dict:
+    spec = catalog.get(case.rule)
+    observed = Trajectories(observed_params, {})
+    verdict = classify(spec, case, (), observed)
+    return Record(cell, verdict.outcome, verdict.explanation, verdict=verdict, case=case, observed=observed).to_json(with_case=True)
+
+
+def _case() -> Case:
+    return Case.from_dict({"rule": "adam", "framework": "torch", "mode": "forloop", "device": "cpu", "dtype": "float32",
+                           "hyperparameters": ADAM, "params": [0.5, -1.0, 2.0],
+                           "grads": [[0.1, -0.2, 0.3], [0.2, 0.1, -0.1], [-0.3, 0.2, 0.1]]})
+
+
+def test_evidence_points_at_the_first_divergence(catalog):
+    case = _case()
+    exact = run_case(catalog.get("adam"), case).params.astype(np.float32).astype(np.float64)
+    wrong = exact.copy()
+    wrong[1:, 2] += 1e-3  # element 2 leaves the rule at step 2
+    record = _record(catalog, wrong, case, Cell("adam", "torch", "forloop", "cpu", "float32"))
+    assert record["outcome"] == "diverges"
+    ev = case_evidence(catalog.get("adam"), record)
+    steps = ev["steps"]["canonical"]
+    assert steps["ratio"][0] <= 1 < steps["ratio"][1]  # within the bound at step 1, beyond it at step 2
+    assert steps["where"][1] == "p[2]" and steps["error"][1] > steps["bound"][1]
+    t = ev["trajectory"]
+    assert (t["slot"], t["element"], t["start"]) == ("p", [2], 0)
+    assert t["framework"][0] == 2.0 and len(t["framework"]) == 4  # the step-0 value, then three steps
+    assert abs(t["framework"][2] - t["references"]["canonical"][2]) > 9e-4
+
+
+def test_conforming_evidence_stays_within_the_bound(catalog):
+    case = _case()
+    exact = run_case(catalog.get("adam"), case).params.astype(np.float32).astype(np.float64)
+    record = _record(catalog, exact, case, Cell("adam", "torch", "forloop", "cpu", "float32"))
+    assert record["outcome"] == "conforms"
+    ev = case_evidence(catalog.get("adam"), record)
+    assert all(r is None or r <= 1 for r in ev["steps"]["canonical"]["ratio"])
+    assert len(ev["steps"]["canonical"]["max_ulp"]) == 3
+
+
+def _results(directory, versions: dict, records: list[dict]) -> None:
+    directory.mkdir(parents=True)
+    env = {"run": {}, "host": {}, "time": "t", "frameworks": {"torch": {"available": True, "versions": versions, "devices": {}}}}
+    (directory / "environment-main.json").write_text(json.dumps(env))
+    (directory / "results-main.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def _plain(outcome="conforms"):
+    return {"cell": "adam[torch-forloop-cpu-float32]", "rule": "adam", "framework": "torch", "mode": "forloop", "device": "cpu",
+            "dtype": "float32", "gradients": "dense", "outcome": outcome, "phase": "generate", "reason": ""}
+
+
+def test_merging_two_versions_keeps_them_apart(tmp_path):
+    _results(tmp_path / "a", {"torch": "2.12.0"}, [_plain()])
+    _results(tmp_path / "b", {"torch": "2.13.0"}, [_plain("diverges")])
+    s = summarize([tmp_path / "a", tmp_path / "b"])
+    ids = sorted(c["id"] for c in s["cells"])
+    assert ids == ["adam[torch-forloop-cpu-float32]@torch=2.12.0", "adam[torch-forloop-cpu-float32]@torch=2.13.0"]
+    assert {c["version"]: c["outcome"] for c in s["cells"]} == {"torch=2.12.0": "conforms", "torch=2.13.0": "diverges"}
+    html = render(s)
+    assert "torch @ torch=2.12.0" in html and "torch @ torch=2.13.0" in html
+
+
+def test_merging_shards_of_one_version_merges_cells(tmp_path):
+    _results(tmp_path / "a", {"torch": "2.13.0"}, [_plain()])
+    _results(tmp_path / "b", {"torch": "2.13.0"}, [_plain(), _plain("diverges")])
+    s = summarize([tmp_path / "a", tmp_path / "b"])
+    assert [(c["id"], c["examples"], c["outcome"]) for c in s["cells"]] == [("adam[torch-forloop-cpu-float32]", 3, "diverges")]
+
+
+def test_every_cell_has_its_drill_down_data(catalog, tmp_path):
+    case = _case()
+    exact = run_case(catalog.get("adam"), case).params.astype(np.float32).astype(np.float64)
+    record = _record(catalog, exact, case, Cell("adam", "torch", "forloop", "cpu", "float32"))
+    record["reason"] = "</script><b>bold</b>"
+    _results(tmp_path / "r", {"torch": "2.13.0"}, [record, {**_plain(), "cell": "sgd[torch-forloop-cpu-float32]", "rule": "sgd"}])
+    s = summarize([tmp_path / "r"])
+    html = render(s, catalog)
+    assert "</script><b>" not in html
+    blocks = re.findall(r'<script type="application/json" id="cell-(\d+)">(.*?)</script>', html, re.S)
+    assert [n for n, _ in blocks] == ["0", "1"]
+    detail = json.loads(blocks[0][1])
+    assert detail["id"] == "adam[torch-forloop-cpu-float32]"
+    view = detail["cases"][0]
+    assert view["reason"] == "</script><b>bold</b>"
+    assert "evidence" in view and "import torch" in view["script"] and view["case"]["rule"] == "adam"
+    assert detail["declaration"]["modes"][0]["optimizer"] == "torch.optim.Adam"
