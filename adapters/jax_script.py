@@ -1,0 +1,163 @@
+"""The JAX / Optax part of a standalone reproducer (conformance/reproducer.py).
+
+Writes, as plain jax/optax code a maintainer can read, what `jax.py` does
+for one request: build the alias with its native arguments and give it one
+gradient per step, collecting the parameter after every step.
+
+- `eager`: `tx.update` and `optax.apply_updates` called op by op, outside
+  `jax.jit`, with the arguments as given (Python floats and bools); a
+  per-step learning rate is the schedule `lambda count: lrs[count]`.
+- `jit` and any other mode (e.g. `amsgrad`, whose spec builds another
+  alias): a `jax.jit`-compiled step called once per step, as a user's train
+  loop does. (The adapter runs small cases as one `lax.scan` over the steps;
+  the values are the same.) As in the adapter, the float arguments go into
+  the compiled function as Python floats, which `jax.jit` traces as weakly
+  typed float64 scalars (a user's Python floats: arithmetic among them in
+  float64, rounded to the parameters' dtype where they meet an array), and
+  the learning rate is a schedule returning the step's rate (a float64
+  scalar), cast by optax to the update's dtype.
+
+`jax_enable_x64` is switched on at import whatever the dtype, as the
+adapter does: it makes the weakly typed scalars float64 (and float64 cases
+possible). Optax has no sparse gradients: a sparse request raises
+NotImplementedError. This module imports no framework: a report is written
+anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DTYPES = {"float16": "jnp.float16", "bfloat16": "jnp.bfloat16", "float32": "jnp.float32", "float64": "jnp.float64"}
+DEVICES = {"cpu": "cpu", "gpu": "gpu"}
+
+
+def imports(request: dict[str, Any]) -> list[str]:
+    return [
+        "import jax",
+        "import jax.numpy as jnp",
+        "import optax",
+        'jax.config.update("jax_enable_x64", True)  # (as the conformance run: Python floats are float64 scalars)',
+    ]
+
+
+def _check(request: dict[str, Any]) -> None:
+    if request.get("sparse_rows") is not None:
+        raise NotImplementedError("optax has no sparse gradient type (every update is a dense array)")
+    if request["dtype"] not in DTYPES:
+        raise NotImplementedError(f"jax has no dtype {request['dtype']}")
+    if request["device"] not in DEVICES:
+        raise NotImplementedError(f"unknown jax device {request['device']!r} (known: {', '.join(DEVICES)})")
+    if not request["optimizer"].startswith("optax."):
+        raise NotImplementedError(f"{request['optimizer']!r} is not an optax optimizer")
+    if request.get("lr_schedule") is not None and not request.get("lr_arg"):
+        raise NotImplementedError("a per-step learning rate needs the native learning-rate argument (lr_arg)")
+
+
+def _value(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _kwargs(items: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in items.items())
+
+
+def run_source(request: dict[str, Any], name: str = "run") -> str:
+    _check(request)
+    if request["mode"] == "eager":
+        return _eager(request, name)
+    return _jit(request, name)
+
+
+def _head(request: dict[str, Any], name: str) -> list[str]:
+    return [
+        f"def {name}(params, grads, lrs, rows, values):",
+        f"    with jax.default_device(jax.devices({DEVICES[request['device']]!r})[0]):",
+        f"        p = jnp.asarray(params.astype({DTYPES[request['dtype']]}))",
+    ]
+
+
+def _eager(request: dict[str, Any], name: str) -> str:
+    dtype = DTYPES[request["dtype"]]
+    args = {k: repr(_value(v)) for k, v in request["args"].items()}
+    lines = _head(request, name)
+    if request.get("lr_schedule") is not None:
+        lines.append("        lr_steps = jnp.asarray(lrs)  # float64: the learning rate of each step")
+        args[request["lr_arg"]] = "lambda count: lr_steps[count]"
+    lines += [
+        f"        tx = {request['optimizer']}({_kwargs(args)})",
+        "        state = tx.init(p)",
+        "        out = []",
+        "        for i in range(steps):",
+        f"            updates, state = tx.update(jnp.asarray(grads[i].astype({dtype})), state, p)",
+        "            p = optax.apply_updates(p, updates)",
+        "            out.append(np.asarray(p, dtype=np.float64))",
+        "    return np.array(out)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _jit(request: dict[str, Any], name: str) -> str:
+    dtype = DTYPES[request["dtype"]]
+    args = dict(request["args"])
+    lr_arg, schedule = request.get("lr_arg"), request.get("lr_schedule")
+    # As jax.py `_run_jit`: the learning rate (a number, or a schedule) becomes a
+    # schedule returning the step's rate, a traced float64 scalar; the other floats
+    # are traced as Python floats; anything else (bools, None, ints, tuples) is
+    # written into the alias call.
+    lr = None  # the source of the learning rate given to the step, if any
+    if lr_arg is not None:
+        given = args.pop(lr_arg, None)
+        if schedule is not None:
+            lr = "lrs[i]"
+        elif isinstance(given, (int, float)) and not isinstance(given, bool):
+            lr = f"np.float64({float(given)!r})"
+        else:
+            args[lr_arg] = given  # (an lr that is not a number: None for adadelta, kept as given)
+    hps = {k: v for k, v in args.items() if isinstance(v, float)}
+    call = [f"{k}={_value(v)!r}" for k, v in args.items() if not isinstance(v, float)]
+    if lr is not None:
+        call.append(f"{lr_arg}=lambda count: lr")
+    if hps:
+        call.append("**hps")
+    make_params = ", ".join((["lr"] if lr is not None else []) + (["hps"] if hps else []))
+    lines = [f"def {name}(params, grads, lrs, rows, values):"]
+    if hps:
+        lines += [
+            "    # the float arguments go into the compiled step as Python floats, which jax.jit",
+            "    # traces as weakly typed float64 scalars (as a user's Python floats behave)",
+            f"    hps = {hps!r}",
+            "",
+        ]
+    lines += [
+        f"    def make({make_params}):",
+        f"        return {request['optimizer']}({', '.join(call)})",
+        "",
+        "    @jax.jit",
+        f"    def step({', '.join(['p, state, g'] + ([make_params] if make_params else []))}):",
+        f"        updates, state = make({make_params}).update(g, state, p)",
+        "        return optax.apply_updates(p, updates), state",
+        "",
+        f"    with jax.default_device(jax.devices({DEVICES[request['device']]!r})[0]):",
+        f"        p = jnp.asarray(params.astype({dtype}))",
+    ]
+    step_args = ["p, state", f"grads[i].astype({dtype})"]
+    init_args = []
+    if lr is not None:
+        if schedule is None:
+            lines.append(f"        lr = {lr}  # the learning rate, given to the step as a float64 scalar")
+            lr = "lr"
+        step_args.append(lr)
+        init_args.append(lr.replace("[i]", "[0]"))
+    if hps:
+        step_args.append("hps")
+        init_args.append("hps")
+    lines += [
+        f"        state = make({', '.join(init_args)}).init(p)",
+        "        out = []",
+        "        for i in range(steps):",
+        f"            p, state = step({', '.join(step_args)})",
+        "            out.append(np.asarray(p, dtype=np.float64))",
+        "    return np.array(out)",
+    ]
+    return "\n".join(lines) + "\n"
