@@ -9,13 +9,18 @@ gradient per step, collecting the parameter after every step.
   per-step learning rate is the schedule `lambda count: lrs[count]`.
 - `jit` and any other mode (e.g. `amsgrad`, whose spec builds another
   alias): a `jax.jit`-compiled step called once per step, as a user's train
-  loop does. (The adapter runs small cases as one `lax.scan` over the steps;
-  the values are the same.) As in the adapter, the float arguments go into
-  the compiled function as Python floats, which `jax.jit` traces as weakly
-  typed float64 scalars (a user's Python floats: arithmetic among them in
-  float64, rounded to the parameters' dtype where they meet an array), and
-  the learning rate is a schedule returning the step's rate (a float64
-  scalar), cast by optax to the update's dtype.
+  loop does. As in the adapter, the float arguments go into the compiled
+  function as Python floats, which `jax.jit` traces as weakly typed float64
+  scalars (a user's Python floats: arithmetic among them in float64, rounded
+  to the parameters' dtype where they meet an array), and the learning rate
+  is a schedule returning the step's rate (a float64 scalar), cast by optax
+  to the update's dtype. (The adapter runs small cases as one `lax.scan`
+  over the steps, which gives the same values with one exception seen so
+  far: jaxlib 0.10.2 on CPU can evaluate a float16 element-wise chain inside
+  the scan without rounding between the operations, so a float16 value may
+  then differ by an ulp (within the rounding bound where seen). The adapter's own
+  step-by-step path, taken for larger parameters, agrees with this script
+  bit for bit.)
 
 `jax_enable_x64` is switched on at import whatever the dtype, as the
 adapter does: it makes the weakly typed scalars float64 (and float64 cases

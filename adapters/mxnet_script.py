@@ -64,13 +64,11 @@ def run_source(request: dict[str, Any], name: str = "run") -> str:
     dtype = DTYPES[request["dtype"]]
     ctx = CONTEXTS[request["device"]]
     optimizer = "mx.optimizer." + request["optimizer"][len("mxnet.optimizer."):]
-    lines = [f"def {name}(params, grads, lrs, rows, values):"]
-    if getattr(request["params"], "ndim", None) == 0:
-        lines.append("    shape = (1,)  # (an NDArray cannot be 0-d: the scalar runs as shape (1,))")
-    else:
-        lines.append("    shape = params.shape")
-    lines += [
-        f"    weight = mx.nd.array(params.reshape(shape), ctx={ctx}, dtype={dtype})",
+    scalar = getattr(request["params"], "ndim", None) == 0
+    shaped = ".reshape(1)" if scalar else ""  # (an NDArray cannot be 0-d: a scalar runs as shape (1,))
+    lines = [
+        f"def {name}(params, grads, lrs, rows, values):",
+        f"    weight = mx.nd.array(params{shaped}, ctx={ctx}, dtype={dtype})",
         f"    opt = {optimizer}({_args(request)})",
         "    updater = mx.optimizer.get_updater(opt)  # the path of gluon.Trainer and the KVStore",
         "    out = []",
@@ -81,18 +79,18 @@ def run_source(request: dict[str, Any], name: str = "run") -> str:
     if request.get("sparse_rows") is not None:
         lines += [
             "        # a row_sparse gradient: the step's rows in ascending order, each with its slice",
-            "        order = np.argsort(rows[i], kind='stable')",
+            "        order = np.argsort(rows[i])",
             "        index = np.asarray(rows[i], dtype=np.int64)[order]",
-            "        data = np.asarray(values[i], dtype=np.float64).reshape((len(index),) + shape[1:])[order]",
+            "        data = values[i].reshape((len(index),) + params.shape[1:])[order]",
             "        grad = mx.nd.sparse.row_sparse_array(",
             f"            (mx.nd.array(data, ctx={ctx}, dtype={dtype}), mx.nd.array(index, ctx={ctx}, dtype=np.int64)),",
-            f"            shape=shape, ctx={ctx}, dtype={dtype})",
+            f"            shape=params.shape, ctx={ctx}, dtype={dtype})",
         ]
     else:
-        lines.append(f"        grad = mx.nd.array(grads[i].reshape(shape), ctx={ctx}, dtype={dtype})")
+        lines.append(f"        grad = mx.nd.array(grads[i]{shaped}, ctx={ctx}, dtype={dtype})")
     lines += [
         "        updater(0, grad, weight)",
-        "        out.append(weight.asnumpy().astype(np.float64).reshape(params.shape))",
+        f"        out.append(weight.asnumpy().astype(np.float64){'.reshape(())' if scalar else ''})",
         "    return np.array(out)",
     ]
     return "\n".join(lines) + "\n"
