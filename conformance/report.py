@@ -226,10 +226,13 @@ def cell_detail(cell: dict[str, Any], catalog: Any) -> dict[str, Any]:
     out["outcome"] = display_outcome(cell)
     out["variants"] = [_variant_doc(spec, v) for name in (cell.get("matched_variants") or {}) for v in name.split("+") if v != "canonical"]
     out["declaration"] = _mode_doc(spec, cell)
-    minimal, worst = cell.get("minimal"), cell.get("worst")
+    minimal, worst, showcase = cell.get("minimal"), cell.get("worst"), cell.get("showcase")
+    if showcase is not None and worst is not None and showcase.get("case") == worst.get("case"):
+        showcase = None  # the worst case is the one that shows the variant
     out["cases"] = [v for v in (
         _case_view(spec, cell, minimal, "shrunk minimal case"),
-        _case_view(spec, cell, worst if worst is not minimal else None, "worst case (largest error against its bound)"),
+        _case_view(spec, cell, showcase, "a case that tells the declared variant from the canonical rule"),
+        _case_view(spec, cell, worst, "worst case (largest error against its bound)"),
     ) if v is not None]
     return out
 

@@ -34,6 +34,7 @@ class ResultWriter:
         self.path = self.directory / f"results-{name}.jsonl"
         self._file = open(self.path, "a", encoding="utf-8")
         self._worst: dict[str, float] = {}
+        self._shown: set[str] = set()
 
     def write(self, record: Any) -> None:
         cell = record.cell.id
@@ -41,10 +42,20 @@ class ResultWriter:
         worst = margin > self._worst.get(cell, -1.0) and record.case is not None and record.verdict is not None
         if worst:
             self._worst[cell] = margin
-        with_case = record.failing or record.phase == "minimal" or worst or record.kind == "fixed"
+        # the first case of a cell that tells its declared variant from the
+        # canonical rule keeps its data too: the report shows the divergence on it
+        shows = (
+            record.outcome == KNOWN and record.verdict is not None and record.verdict.matched_variant
+            and record.case is not None and cell not in self._shown
+        )
+        if shows:
+            self._shown.add(cell)
+        with_case = record.failing or record.phase == "minimal" or worst or record.kind == "fixed" or shows
         line = record.to_json(with_case=with_case)
         if worst:
             line["worst_so_far"] = True
+        if shows:
+            line["shows_variant"] = True
         self.write_line(line)
 
     def write_line(self, data: dict[str, Any]) -> None:
@@ -194,6 +205,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
                 "unsupported_reasons": {},
                 "crash_reasons": {},
                 "worst": None,
+                "showcase": None,
                 "minimal": None,
                 "skipped": None,
             },
@@ -222,6 +234,8 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
             _bump(c["known_issues"], r["known_issue"])
         if r.get("stale"):
             c["stale"] += 1
+        if "case" in r and outcome == KNOWN and r.get("matched_variant") and c["showcase"] is None:
+            c["showcase"] = r  # a case that shows the declared variant (see ResultWriter.write)
         if "case" in r and r.get("against_expected"):
             margin = _float(r["against_expected"].get("margin"))
             if c["worst"] is None or margin > _float(c["worst"]["against_expected"].get("margin")):

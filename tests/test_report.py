@@ -108,3 +108,25 @@ def test_every_cell_has_its_drill_down_data(catalog, tmp_path):
     assert view["reason"] == "</script><b>bold</b>"
     assert "evidence" in view and "import torch" in view["script"] and view["case"]["rule"] == "adam"
     assert detail["declaration"]["modes"][0]["optimizer"] == "torch.optim.Adam"
+
+
+def test_a_case_that_shows_the_declared_variant_is_kept(catalog, tmp_path):
+    """A known-divergence cell's first case that tells the variant from the
+    canonical rule keeps its data (the worst case may be one that does not)."""
+    from conformance.results import ResultWriter
+
+    spec = catalog.get("adam")
+    case = Case.from_dict({"rule": "adam", "framework": "tensorflow", "mode": "eager", "device": "cpu", "dtype": "float64",
+                           "hyperparameters": dict(ADAM, eps=0.05), "params": [0.5, -1.0], "grads": [[0.01, -0.02], [0.03, 0.0]]})
+    observed = Trajectories(run_case(spec, case, variants=("epsilon_hat",)).params.astype(np.float64), {})
+    cell = Cell("adam", "tensorflow", "eager", "cpu", "float64")
+    writer = ResultWriter(tmp_path, "main")
+    for _ in range(3):
+        verdict = classify(spec, case, ("epsilon_hat",), observed)
+        assert verdict.outcome == "known-divergence"
+        writer.write(Record(cell, verdict.outcome, verdict.explanation, verdict=verdict, case=case, observed=observed, kind="generated"))
+    writer.close()
+    lines = [json.loads(x) for x in (tmp_path / "results-main.jsonl").read_text().splitlines()]
+    assert [x.get("shows_variant", False) for x in lines] == [True, False, False]
+    s = summarize([tmp_path])
+    assert s["cells"][0]["showcase"]["shows_variant"]
