@@ -59,7 +59,9 @@ def references(spec: Spec, record: dict[str, Any], case: Case) -> References:
 
 
 def _first_side_name(record: dict[str, Any]) -> str:
-    for key in ("mode", "device", "gradients"):
+    if "~" in str(record.get("gradients", "")):
+        return "dense gradients"  # the sparse~dense oracle judges the sparse side against the dense one
+    for key in ("mode", "device"):
         value = str(record.get(key, ""))
         if "~" in value:
             return f"{value.split('~')[0]} ({key})"
