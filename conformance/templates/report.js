@@ -102,14 +102,15 @@
   function plot(container, title, traces, ylog, ytitle) {
     const div = el("div", {class: "plot"});
     container.appendChild(div);
-    const layout = {title: {text: title, font: {size: 13}}, margin: {l: 60, r: 10, t: 36, b: 40}, xaxis: {title: {text: "step"}, dtick: 1},
-      yaxis: {type: ylog ? "log" : "linear", title: {text: ytitle}, exponentformat: "e"}, legend: {orientation: "h", y: -0.2}, font: {size: 11}};
+    const layout = {title: {text: title, font: {size: 13}}, margin: {l: 60, r: 10, t: 36, b: 30}, xaxis: {title: {text: "step"}, dtick: 1},
+      yaxis: {type: ylog ? "log" : "linear", title: {text: ytitle}, exponentformat: "e"}, legend: {orientation: "h", y: -0.28}, font: {size: 11}};
     window.Plotly.newPlot(div, traces, layout, PLOT_CONFIG);
   }
   const COLORS = ["#1f5fbf", "#c2410c", "#15803d", "#7e22ce"];
   function plots(ev) {
     const box = el("div", {class: "plots"});
-    const names = Object.keys(ev.steps);
+    // the declared reference first (JSON object keys arrive sorted)
+    const names = Object.keys(ev.steps).sort((a, b) => (b === ev.declared) - (a === ev.declared));
     const x = ev.steps[names[0]].error.map((_, i) => i + 1);
     const errTraces = [], ulpTraces = [];
     names.forEach((name, k) => {
@@ -125,7 +126,7 @@
       {x: tx, y: ref.map((v, i) => v === null || bound[i] === null ? null : v - bound[i]), mode: "lines", line: {width: 0}, showlegend: false, hoverinfo: "skip"},
       {x: tx, y: ref.map((v, i) => v === null || bound[i] === null ? null : v + bound[i]), mode: "lines", line: {width: 0}, fill: "tonexty", fillcolor: "rgba(31,95,191,0.15)", name: `bound around ${ev.declared}`},
     ];
-    Object.entries(t.references).forEach(([name, ys], k) => trajTraces.push({x: tx, y: ys.map(num), name: name, mode: "lines", line: {color: COLORS[k % COLORS.length], dash: k ? "dash" : "solid"}}));
+    names.forEach((name, k) => trajTraces.push({x: tx, y: t.references[name].map(num), name: name, mode: "lines", line: {color: COLORS[k % COLORS.length], dash: k ? "dash" : "solid"}}));
     trajTraces.push({x: tx, y: t.framework.map(num), name: "framework", mode: "markers", marker: {color: "#111", size: 7, symbol: "x"}});
     drillPlots.push(() => {
       plot(box, "worst error per step against its bound", errTraces, true, "absolute error");
@@ -197,7 +198,9 @@
     put(drill, list("Crashes", d.crash_reasons));
     if (d.stale) put(drill, el("p", {class: "diverges"}, `stale: ${d.stale} case(s) match the canonical rule, not the declared variant`));
     for (const m of (d.declaration && d.declaration.modes) || []) {
-      const dl = el("div", {}, el("h3", {}, `Declared for ${d.framework} / ${m.mode}: ${m.optimizer}`));
+      const expects = m.expect.map(x => x.name).join(" + ") || "the canonical rule";
+      const dl = el("details", {}, el("summary", {}, el("strong", {}, `Declared for ${d.framework} / ${m.mode}`), `: ${m.optimizer}, expected to follow ${expects}`,
+        m.known_issues.length ? `; ${m.known_issues.length} known issue(s)` : ""));
       if (m.source) put(dl, el("p", {class: "cite"}, "source: " + m.source));
       if (m.note) put(dl, el("p", {}, m.note));
       put(dl, m.expect.length ? el("ul", {}, m.expect.map(cite)) : el("p", {}, "expected: the canonical rule"));
