@@ -102,6 +102,12 @@ def _eager(request: dict[str, Any], name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: As jax.py SCAN_MAX_ELEMENTS and STEP_QUANTUM: parameters up to this many elements
+#: run every step in one compiled `lax.scan`, the step count padded to a multiple of 4.
+SCAN_MAX_ELEMENTS = 1 << 13
+STEP_QUANTUM = 4
+
+
 def _jit(request: dict[str, Any], name: str) -> str:
     dtype = DTYPES[request["dtype"]]
     args = dict(request["args"])
@@ -110,17 +116,20 @@ def _jit(request: dict[str, Any], name: str) -> str:
     # schedule returning the step's rate, a traced float64 scalar; the other floats
     # are traced as Python floats; anything else (bools, None, ints, tuples) is
     # written into the alias call.
-    lr = None  # the source of the learning rate given to the step, if any
+    lr = None  # the source of the learning rate, if one is traced
     if lr_arg is not None:
         given = args.pop(lr_arg, None)
         if schedule is not None:
-            lr = "lrs[i]"
+            lr = "lrs"
         elif isinstance(given, (int, float)) and not isinstance(given, bool):
-            lr = f"np.float64({float(given)!r})"
+            lr = f"{float(given)!r}"
         else:
             args[lr_arg] = given  # (an lr that is not a number: None for adadelta, kept as given)
     hps = {k: v for k, v in args.items() if isinstance(v, float)}
     call = [f"{k}={_value(v)!r}" for k, v in args.items() if not isinstance(v, float)]
+    size = getattr(request["params"], "size", SCAN_MAX_ELEMENTS + 1)
+    if size <= SCAN_MAX_ELEMENTS:
+        return _scan(request, name, dtype, call, hps, lr, lr_arg)
     if lr is not None:
         call.append(f"{lr_arg}=lambda count: lr")
     if hps:
@@ -150,10 +159,12 @@ def _jit(request: dict[str, Any], name: str) -> str:
     init_args = []
     if lr is not None:
         if schedule is None:
-            lines.append(f"        lr = {lr}  # the learning rate, given to the step as a float64 scalar")
-            lr = "lr"
-        step_args.append(lr)
-        init_args.append(lr.replace("[i]", "[0]"))
+            lines.append(f"        lr = np.float64({lr})  # the learning rate, given to the step as a float64 scalar")
+            step_args.append("lr")
+            init_args.append("lr")
+        else:
+            step_args.append("np.float64(lrs[i])")
+            init_args.append("np.float64(lrs[0])")
     if hps:
         step_args.append("hps")
         init_args.append("hps")
@@ -164,5 +175,51 @@ def _jit(request: dict[str, Any], name: str) -> str:
         f"            p, state = step({', '.join(step_args)})",
         "            out.append(np.asarray(p, dtype=np.float64))",
         "    return np.array(out)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _scan(request: dict[str, Any], name: str, dtype: str, call: list[str], hps: dict[str, float], lr: str | None, lr_arg: str | None) -> str:
+    """Every step in one jitted `lax.scan`, as the run computes small cases (and
+    as a training loop written with `lax.scan` does). XLA compiles the scan's
+    body as one program, and may then keep float16 and bfloat16 intermediates
+    in higher precision (its excess-precision default), so its values can
+    differ by an ulp from a step called per iteration."""
+    if lr is not None:
+        call = call + [f"{lr_arg}=lambda count: lr_steps[count]"]
+    if hps:
+        call = call + ["**hps"]
+    lines = [f"def {name}(params, grads, lrs, rows, values):"]
+    if hps:
+        lines += [
+            "    # the float arguments go into the compiled program as Python floats, which jax.jit",
+            "    # traces as weakly typed float64 scalars (as a user's Python floats behave)",
+            f"    hps = {hps!r}",
+            "",
+        ]
+    lines += [
+        "    @jax.jit",
+        f"    def run_all(p, gs, lr_steps{', hps' if hps else ''}):",
+        f"        tx = {request['optimizer']}({', '.join(call)})",
+        "",
+        "        def body(carry, g):",
+        "            p, state = carry",
+        "            updates, state = tx.update(g, state, p)",
+        "            p = optax.apply_updates(p, updates)",
+        "            return (p, state), p",
+        "",
+        "        return jax.lax.scan(body, (p, tx.init(p)), gs)[1]",
+        "",
+        f"    padded = max({STEP_QUANTUM}, -(-steps // {STEP_QUANTUM}) * {STEP_QUANTUM})  # as the run: later steps never change earlier ones",
+        "    gs = np.zeros((padded,) + params.shape)",
+        "    gs[:steps] = grads",
+        "    lr_steps = np.zeros(padded)",
+    ]
+    if lr is not None:
+        lines.append(f"    lr_steps[:steps] = {lr}  # float64: the learning rate of each step")
+    lines += [
+        f"    with jax.default_device(jax.devices({DEVICES[request['device']]!r})[0]):",
+        f"        ps = run_all(jnp.asarray(params.astype({dtype})), gs.astype({dtype}), lr_steps{', hps' if hps else ''})",
+        "    return np.asarray(ps, dtype=np.float64)[:steps]",
     ]
     return "\n".join(lines) + "\n"

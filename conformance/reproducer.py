@@ -145,7 +145,8 @@ def _docstring(spec: Spec, record: dict[str, Any], requests: list[tuple[str, dic
         "",
         "It runs " + " and ".join(sorted({r['optimizer'] for _, r in requests})) + " on the case's gradients and prints, per step,",
         "how far the parameters land from each rule below (absolute, and in ulps of DTYPE),",
-        "flagging a difference beyond the rounding bound with '!'.",
+        "flagging a difference beyond the rounding bound with '!'. (It compares the parameters;",
+        "the run compared the optimizer's state slots as well.)",
         "",
     ]
     for name in refs.named:

@@ -34,7 +34,7 @@ class ResultWriter:
         self.path = self.directory / f"results-{name}.jsonl"
         self._file = open(self.path, "a", encoding="utf-8")
         self._worst: dict[str, float] = {}
-        self._shown: set[str] = set()
+        self._shown: dict[str, str | None] = {}  # cell -> the slot its shown case differs in
 
     def write(self, record: Any) -> None:
         cell = record.cell.id
@@ -44,12 +44,17 @@ class ResultWriter:
             self._worst[cell] = margin
         # the first case of a cell that tells its declared variant from the
         # canonical rule keeps its data too: the report shows the divergence on it
+        # (preferably one whose parameters, not only a state slot, show it:
+        # that is what a reproducer prints)
         shows = (
             record.outcome == KNOWN and record.verdict is not None and record.verdict.matched_variant
-            and record.case is not None and cell not in self._shown
+            and record.case is not None and self._shown.get(cell) != "p"
         )
         if shows:
-            self._shown.add(cell)
+            slot = record.verdict.against_canonical.slot if record.verdict.against_canonical else None
+            shows = cell not in self._shown or slot == "p"
+            if shows:
+                self._shown[cell] = slot
         with_case = record.failing or record.phase == "minimal" or worst or record.kind == "fixed" or shows
         line = record.to_json(with_case=with_case)
         if worst:
@@ -234,7 +239,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
             _bump(c["known_issues"], r["known_issue"])
         if r.get("stale"):
             c["stale"] += 1
-        if "case" in r and outcome == KNOWN and r.get("matched_variant") and c["showcase"] is None:
+        if "case" in r and outcome == KNOWN and r.get("matched_variant") and _shows_better(r, c["showcase"]):
             c["showcase"] = r  # a case that shows the declared variant (see ResultWriter.write)
         if "case" in r and r.get("against_expected"):
             margin = _float(r["against_expected"].get("margin"))
@@ -422,6 +427,14 @@ def sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["measured"] = "indistinguishable"
         out.append(row)
     return sorted(out, key=lambda r: (r["rule"], r["framework"], r["mode"]))
+
+
+def _shows_better(r: dict[str, Any], than: dict[str, Any] | None) -> bool:
+    """A case that shows a variant in the parameters beats one that shows it in a state slot only."""
+    def in_params(x: dict[str, Any]) -> bool:
+        return ((x.get("against_canonical") or {}).get("slot")) == "p"
+
+    return than is None or (in_params(r) and not in_params(than))
 
 
 def _bump(d: dict[str, int], key: str) -> None:

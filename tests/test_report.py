@@ -127,6 +127,6 @@ def test_a_case_that_shows_the_declared_variant_is_kept(catalog, tmp_path):
         writer.write(Record(cell, verdict.outcome, verdict.explanation, verdict=verdict, case=case, observed=observed, kind="generated"))
     writer.close()
     lines = [json.loads(x) for x in (tmp_path / "results-main.jsonl").read_text().splitlines()]
-    assert [x.get("shows_variant", False) for x in lines] == [True, False, False]
+    assert [x.get("shows_variant", False) for x in lines] == [True, False, False]  # (its parameters show it: no later one is kept)
     s = summarize([tmp_path])
     assert s["cells"][0]["showcase"]["shows_variant"]
