@@ -8,19 +8,20 @@ gradient per step, collecting the parameter after every step.
   `jax.jit`, with the arguments as given (Python floats and bools); a
   per-step learning rate is the schedule `lambda count: lrs[count]`.
 - `jit` and any other mode (e.g. `amsgrad`, whose spec builds another
-  alias): a `jax.jit`-compiled step called once per step, as a user's train
-  loop does. As in the adapter, the float arguments go into the compiled
+  alias): compiled as the adapter compiles it. A parameter of up to
+  SCAN_MAX_ELEMENTS elements runs every step in one `jax.jit`-ed `lax.scan`
+  (the step count padded to a multiple of 4; later steps never change
+  earlier ones), a larger one calls a `jax.jit`-compiled step once per step,
+  as a user's train loop does. The float arguments go into the compiled
   function as Python floats, which `jax.jit` traces as weakly typed float64
   scalars (a user's Python floats: arithmetic among them in float64, rounded
   to the parameters' dtype where they meet an array), and the learning rate
   is a schedule returning the step's rate (a float64 scalar), cast by optax
-  to the update's dtype. (The adapter runs small cases as one `lax.scan`
-  over the steps, which gives the same values with one exception seen so
-  far: jaxlib 0.10.2 on CPU can evaluate a float16 element-wise chain inside
-  the scan without rounding between the operations, so a float16 value may
-  then differ by an ulp (within the rounding bound where seen). The adapter's own
-  step-by-step path, taken for larger parameters, agrees with this script
-  bit for bit.)
+  to the update's dtype. The two compilations can differ in float16: inside
+  the scan, jaxlib 0.10.2 on the CPU can evaluate an element-wise chain
+  without rounding between its operations (XLA's excess precision), so a
+  value may differ by an ulp from the step-by-step program; writing the scan
+  keeps the script's values those of the run.
 
 `jax_enable_x64` is switched on at import whatever the dtype, as the
 adapter does: it makes the weakly typed scalars float64 (and float64 cases
