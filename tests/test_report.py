@@ -130,3 +130,26 @@ def test_a_case_that_shows_the_declared_variant_is_kept(catalog, tmp_path):
     assert [x.get("shows_variant", False) for x in lines] == [True, False, False]  # (its parameters show it: no later one is kept)
     s = summarize([tmp_path])
     assert s["cells"][0]["showcase"]["shows_variant"]
+
+
+def test_pytest_plugin_writes_the_report_when_asked(tmp_path):
+    """`pytest specs/ --conformance-out DIR` writes results, summary.json and index.html."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    import pytest
+
+    from conformance.catalog import builtin_spec_dir
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(builtin_spec_dir() / "adam.yaml"),
+           "--frameworks", "torch", "--modes", "forloop", "--dtypes", "float32", "--devices", "cpu", "--gradients", "dense",
+           "--examples", "2", "--conformance-out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "adam[torch-forloop-cpu-float32]" in html and "Plotly" in html
+    assert json.loads((out / "summary.json").read_text())["cells"][0]["id"] == "adam[torch-forloop-cpu-float32]"
