@@ -102,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_merge, specs=[])
 
+    p = sub.add_parser("baseline", help="record a run's cells (version, outcome, variants, worst error) and defaults as a baseline")
+    p.add_argument("dirs", nargs="+", metavar="RESULTS_DIR")
+    p.add_argument("-o", "--out", required=True, metavar="FILE", help="e.g. reports/baseline.json")
+    p.set_defaults(func=cmd_baseline, specs=[])
+
+    p = sub.add_parser("gate", help="compare a run with a baseline; exit 1 on worse outcomes, changed semantics or defaults, lost cells")
+    p.add_argument("dirs", nargs="+", metavar="RESULTS_DIR")
+    p.add_argument("--baseline", required=True, metavar="FILE")
+    p.set_defaults(func=cmd_gate, specs=[])
+
     p = sub.add_parser("report", help="write index.html (and summary.json) for result directories")
     p.add_argument("dirs", nargs="+", metavar="RESULTS_DIR")
     p.add_argument("-o", "--out", metavar="DIR", help="where to write (default: the first directory)")
@@ -599,6 +609,37 @@ def _print_cells(summary: dict[str, Any]) -> None:
             extra += " known issue"
         print(f"  {c['id']:<48} {c['outcome']:<17} {counts}{' follows ' + follows if follows else ''}{extra}")
     print("totals: " + ", ".join(f"{k} {v}" for k, v in summary["totals"].items()))
+
+
+def cmd_baseline(args: argparse.Namespace, catalog: Catalog) -> int:
+    from .gate import baseline
+    from .results import summarize
+
+    data = baseline(summarize(args.dirs))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    outcomes: dict[str, int] = {}
+    for c in data["cells"].values():
+        outcomes[c["outcome"]] = outcomes.get(c["outcome"], 0) + 1
+    print(f"baseline {args.out}: {len(data['cells'])} cells ({', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))}),"
+          f" {len(data['defaults'])} defaults; versions: {', '.join(f'{k} {v}' for k, v in data['versions'].items())}; seed {data['seed']}")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace, catalog: Catalog) -> int:
+    from .gate import baseline, changelog, compare, read_baseline, write_gate
+    from .report import write_report
+    from .results import summarize
+
+    summary = summarize(args.dirs)
+    result = compare(read_baseline(args.baseline), baseline(summary))
+    print(changelog(result))
+    out = Path(args.dirs[0])
+    write_gate(out, result)
+    summary["gate"] = result
+    report = write_report(out, summary, catalog)
+    print(f"gate: {out / 'gate.json'}; report: {report}")
+    return 0 if result["passed"] else 1
 
 
 def cmd_merge(args: argparse.Namespace, catalog: Catalog) -> int:

@@ -1,0 +1,107 @@
+"""The regression gate's logic, on recorded results: a baseline of a run, the
+same run again (passes), and runs where something changed (fails, naming
+the cell and why; improvements and new cells are noted, not failed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from conformance.cli import main
+from conformance.gate import baseline, changelog, compare
+
+
+def _summary(torch_version="2.13.0"):
+    env = {"run": {"seed": 7}, "frameworks": {"torch": {"versions": {"torch": torch_version, "numpy": "2.4"}}}}
+    base = {
+        "adam[torch-forloop-cpu-float32]": {"outcome": "conforms", "matched_variants": {"canonical": 20}, "worst_errors": {"max_ulp_error": 2.0, "margin": 0.1}},
+        "adam[torch-fused-cpu-float32]": {"outcome": "conforms", "matched_variants": {"canonical": 20}, "worst_errors": {"max_ulp_error": 3.0, "margin": 0.2}},
+        "rmsprop[torch-forloop-cpu-float32]": {"outcome": "known-divergence", "matched_variants": {"canonical": 5, "eps_inside_sqrt": 15},
+                                               "worst_errors": {"max_ulp_error": 4.0, "margin": 0.3}},
+    }
+    out = []
+    for cid, c in base.items():
+        rule, rest = cid.split("[")
+        fw, mode = rest.split("-")[:2]
+        out.append({"id": cid, "rule": rule, "framework": fw, "mode": mode, "device": "cpu", "dtype": "float32", "examples": 20, **c})
+    return {"environments": [env], "cells": out,
+            "defaults": [{"rule": "adam", "framework": "torch", "mode": "forloop", "hyperparameter": "eps", "framework_default": 1e-8}]}
+
+
+def _cell(summary, cid):
+    return next(c for c in summary["cells"] if c["id"] == cid)
+
+
+def test_nothing_changed_passes():
+    s = _summary()
+    result = compare(baseline(s), baseline(copy.deepcopy(s)))
+    assert result["passed"] and result["entries"] == []
+    assert "gate: passed" in changelog(result)
+
+
+def test_a_changed_variant_fails_and_names_the_cell():
+    s, t = _summary(), _summary(torch_version="2.14.0")
+    _cell(t, "rmsprop[torch-forloop-cpu-float32]").update(outcome="conforms", matched_variants={"canonical": 20})
+    result = compare(baseline(s), baseline(t))
+    assert not result["passed"]
+    [e] = [e for e in result["entries"] if e["fails"]]
+    assert (e["kind"], e["cell"], e["before"], e["after"]) == ("semantics", "rmsprop[torch-forloop-cpu-float32]", "eps_inside_sqrt", "canonical")
+    assert result["versions"] == {"torch": {"before": "torch=2.13.0", "after": "torch=2.14.0"}}
+    assert "FAIL semantics" in changelog(result)
+
+
+@pytest.mark.parametrize("after, kind", [("diverges", "worse"), ("crash", "worse"), ("unsupported", "worse")])
+def test_a_worse_outcome_fails(after, kind):
+    s, t = _summary(), _summary()
+    _cell(t, "adam[torch-fused-cpu-float32]")["outcome"] = after
+    result = compare(baseline(s), baseline(t))
+    assert not result["passed"]
+    assert [(e["kind"], e["cell"]) for e in result["entries"] if e["fails"]] == [(kind, "adam[torch-fused-cpu-float32]")]
+    if after == "crash":
+        assert result["entries"][0]["why"] == "a new crash"
+
+
+def test_a_lost_cell_and_a_changed_default_fail():
+    s, t = _summary(), _summary()
+    t["cells"] = [c for c in t["cells"] if c["id"] != "adam[torch-fused-cpu-float32]"]
+    t["defaults"][0]["framework_default"] = 1e-7
+    result = compare(baseline(s), baseline(t))
+    kinds = sorted((e["kind"], e["cell"]) for e in result["entries"] if e["fails"])
+    assert kinds == [("default", "adam/torch/forloop/eps"), ("disappeared", "adam[torch-fused-cpu-float32]")]
+
+
+def test_improvements_new_cells_and_numerics_are_noted_not_failed():
+    s, t = _summary(), _summary()
+    _cell(s, "adam[torch-fused-cpu-float32]")["outcome"] = "diverges"
+    _cell(t, "adam[torch-forloop-cpu-float32]")["worst_errors"] = {"max_ulp_error": 40.0, "margin": 0.5}
+    t["cells"].append({**_cell(t, "adam[torch-forloop-cpu-float32]"), "id": "adam[torch-forloop-cpu-float64]", "dtype": "float64"})
+    result = compare(baseline(s), baseline(t))
+    assert result["passed"]
+    assert sorted(e["kind"] for e in result["entries"]) == ["better", "new", "numerics"]
+
+
+def test_gate_command_exit_status_and_report(tmp_path, capsys):
+    """`conformance baseline` then `conformance gate` on recorded results directories."""
+    def results(directory, version, outcome):
+        directory.mkdir()
+        env = {"run": {"seed": 7}, "host": {}, "time": "t", "frameworks": {"torch": {"available": True, "versions": {"torch": version}, "devices": {}}}}
+        (directory / "environment-main.json").write_text(json.dumps(env))
+        r = {"cell": "adam[torch-forloop-cpu-float32]", "rule": "adam", "framework": "torch", "mode": "forloop", "device": "cpu",
+             "dtype": "float32", "gradients": "dense", "outcome": outcome, "phase": "generate", "reason": "",
+             "matched_variant": "canonical" if outcome == "conforms" else None}
+        (directory / "results-main.jsonl").write_text(json.dumps(r) + "\n")
+
+    results(tmp_path / "before", "2.13.0", "conforms")
+    results(tmp_path / "same", "2.13.0", "conforms")
+    results(tmp_path / "after", "2.14.0", "diverges")
+    base = tmp_path / "baseline.json"
+    assert main(["baseline", str(tmp_path / "before"), "-o", str(base)]) == 0
+    assert main(["gate", "--baseline", str(base), str(tmp_path / "same")]) == 0
+    assert main(["gate", "--baseline", str(base), str(tmp_path / "after")]) == 1
+    out = capsys.readouterr().out
+    assert "torch: torch=2.13.0 -> torch=2.14.0" in out
+    assert "FAIL worse       adam[torch-forloop-cpu-float32]: conforms -> diverges" in out
+    html = (tmp_path / "after" / "index.html").read_text(encoding="utf-8")
+    assert "Regression gate: FAILED" in html and json.loads((tmp_path / "after" / "gate.json").read_text())["passed"] is False
