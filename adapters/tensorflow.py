@@ -20,6 +20,11 @@ hyperparameters are constants in its graph).
 Sparse gradients go in as `tf.IndexedSlices` (what `tf.gather` and embedding
 lookups produce); duplicate row indices are passed through as they are.
 
+Keras 2 (the `keras` of TensorFlow 2.15 and older, for a version pair run
+through a worker of that TensorFlow) takes the same requests: its
+`keras.optimizers` classes run on a `tf.Variable`, and its slots are read
+by their Keras 2 names.
+
 This module runs in-process or as a worker (conformance/worker.py loads it by
 path), so it imports only the standard library, numpy, tensorflow and keras.
 `NotImplementedError` means "this framework cannot run this" (a skip with
@@ -45,6 +50,8 @@ DEVICES = ("cpu", "gpu")
 MODES = ("eager", "function", "xla", "v1")
 _DTYPES = {"float16": tf.float16, "bfloat16": tf.bfloat16, "float32": tf.float32, "float64": tf.float64}
 _VAR = "p"  # the parameter's name; Keras names its slots "<name>_<slot>"
+#: Keras 3 (TensorFlow >= 2.16); Keras 2 (an older TensorFlow, for version pairs) has no keras.Variable
+KERAS3 = hasattr(keras, "Variable")
 
 
 def describe() -> dict[str, Any]:
@@ -170,10 +177,21 @@ def _construct(cls, name: str, args: dict[str, Any]):
 def _run_keras(request: dict[str, Any], dtype, mode: str) -> dict[str, Any]:
     cls = _resolve(request["optimizer"])
     params, grads, shape = _inputs(request, dtype)
-    var = keras.Variable(tf.cast(tf.constant(params), dtype), dtype=dtype.name, name=_VAR, trainable=True)
     opt = _construct(cls, request["optimizer"], dict(request["args"]))
-    opt.build([var])
-    slots = {v.name: v for v in opt.variables}
+    if KERAS3:
+        var = keras.Variable(tf.cast(tf.constant(params), dtype), dtype=dtype.name, name=_VAR, trainable=True)
+        opt.build([var])
+        slots = {v.name: v for v in opt.variables}
+    else:
+        # Keras 2 (TensorFlow <= 2.15): a tf.Variable; its optimizers name a
+        # slot "<slot>/<var>:0" (keras/optimizers/optimizer.py add_variable_from_reference)
+        var = tf.Variable(tf.cast(tf.constant(params), dtype), name=_VAR)
+        opt.build([var])
+        slots = {}
+        for v in opt.variables:
+            slot, _, owner = v.name.split(":")[0].rpartition("/")
+            if owner == _VAR and slot:
+                slots[f"{_VAR}_{slot}"] = v
 
     def apply(g):
         opt.apply_gradients([(g, var)])
