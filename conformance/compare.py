@@ -340,6 +340,15 @@ def _num(x: float | None) -> float | str | None:
     return "nan" if np.isnan(x) else ("inf" if x > 0 else "-inf")
 
 
+def element_errors(obs: np.ndarray, exp: np.ndarray) -> np.ndarray:
+    """|observed - expected| per element: 0 where they are equal (nan and nan
+    included), inf where they cannot be compared (nan vs a number, inf vs -inf)."""
+    with np.errstate(all="ignore"):
+        diff = np.abs(obs - exp)
+        same = (obs == exp) | (np.isnan(obs) & np.isnan(exp))
+        return np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
+
+
 def compare(observed: Trajectories, ref: Reference, dtype: str) -> Comparison:
     slots: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = [
         ("p", observed.params, ref.values.params, ref.bound.params)
@@ -355,10 +364,7 @@ def compare(observed: Trajectories, ref: Reference, dtype: str) -> Comparison:
             obs = np.asarray(obs, dtype=np.float64)
             if obs.shape != exp.shape:
                 raise ValueError(f"slot {name}: the framework gave shape {obs.shape}, the reference has {exp.shape}")
-            diff = np.abs(obs - exp)
-            same = (obs == exp) | (np.isnan(obs) & np.isnan(exp))
-            diff = np.where(same, 0.0, diff)
-            diff = np.where(np.isnan(diff), np.inf, diff)  # nan vs number, or inf vs -inf
+            diff = element_errors(obs, exp)
             judged = np.isfinite(bound)
             bad = judged & (diff > bound)
             d = np.where(judged, diff, 0.0)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .case import Case
-from .compare import Reference, Trajectories, _num, reference, tolerance_for
+from .compare import Reference, Trajectories, _num, element_errors, reference, tolerance_for
 from .dtypes import ulp
 from .spec import Spec
 
@@ -82,9 +82,7 @@ def per_step(observed: Trajectories, ref: Reference, dtype: str) -> dict[str, An
             obs = np.asarray(obs, dtype=np.float64).reshape(steps, -1)
             exp = np.asarray(exp, dtype=np.float64).reshape(steps, -1)
             bound = np.asarray(bound, dtype=np.float64).reshape(steps, -1)
-            diff = np.abs(obs - exp)
-            same = (obs == exp) | (np.isnan(obs) & np.isnan(exp))
-            diff = np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
+            diff = element_errors(obs, exp)
             judged = np.isfinite(bound)
             u = ulp(exp, dtype)
             ratio = np.where(judged, np.where(diff == 0, 0.0, diff / bound), -1.0)

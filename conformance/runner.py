@@ -22,7 +22,7 @@ from hypothesis.errors import HypothesisException
 from . import strategies
 from .case import Case
 from .catalog import Catalog
-from .compare import CONFORMS, CRASH, FAILING, KNOWN, OUTCOMES, UNSUPPORTED, Trajectories, Verdict, classify
+from .compare import CONFORMS, CRASH, FAILING, KNOWN, OUTCOMES, UNSUPPORTED, Trajectories, Verdict, _num, classify
 from .dtypes import DTYPES, PRECISION, round_to
 from .registry import FRAMEWORKS
 from .spec import ModeConfig, Spec
@@ -289,7 +289,7 @@ def _plain(a: np.ndarray) -> Any:
     a = np.asarray(a, dtype=np.float64)
     if np.isfinite(a).all():
         return a.tolist()
-    return np.vectorize(lambda x: float(x) if np.isfinite(x) else ("nan" if np.isnan(x) else ("inf" if x > 0 else "-inf")), otypes=[object])(a).tolist()
+    return np.vectorize(_num, otypes=[object])(a).tolist()  # (JSON has no inf or nan: strings)
 
 
 def build_request(spec: Spec, mode: ModeConfig, case: Case) -> dict[str, Any]:
