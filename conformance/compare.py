@@ -52,7 +52,7 @@ FAILING = frozenset({DIVERGES, CRASH})
 class Tolerance:
     noise_factor: float
     floor_ulps: float
-    samples: int = 4  # rounded runs: to nearest, directed up, directed down, random jitter
+    samples: int = 6  # rounded runs: nearest, away from / toward zero, toward +inf / -inf, random jitter
 
     def merged(self, override: Any) -> "Tolerance":
         """This tolerance with a spec's `tolerance.<dtype>` fields applied."""
@@ -155,7 +155,10 @@ class Rounding:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.rng is not None:
-            x = x * (1.0 + self.u * self.rng.uniform(-1.0, 1.0, x.shape))
+            r = self.rng.uniform(-1.0, 1.0, x.shape)
+            if getattr(self.rng, "signed", False):
+                r = r * np.sign(x)  # toward +inf / -inf, whatever the sign of x
+            x = x * (1.0 + self.u * r)
         with np.errstate(all="ignore"):
             tiny = (x != 0) & (np.abs(x) < self.min_normal)
         if tiny.any():
@@ -225,11 +228,18 @@ def reference(
         noise_s = {k: np.zeros(v.shape) for k, v in exact.state.items()}
         taint = np.zeros(exact.params.shape, dtype=bool)
         for i in range(max(tol.samples, 1)):
-            # Sample 0 rounds to nearest; 1 and 2 round every operation in one
-            # direction (up, then down: a rounding bias that accumulates
-            # through cancellation, e.g. m + (g - m)(1 - beta1) with a small
-            # beta1, which random jitter underestimates); the rest jitter at random.
-            jitter = None if i == 0 else _Directed(1.0) if i == 1 else _Directed(-1.0) if i == 2 else rng
+            # Sample 0 rounds to nearest. 1 and 2 push every operation one unit
+            # roundoff away from zero, then toward zero: a relative bias that
+            # accumulates through products and cancellation (m + (g - m)(1 - beta1)
+            # with a small beta1), which random jitter underestimates. 3 and 4
+            # push every operation toward +inf, then -inf (directed rounding, as
+            # in CESTAC-style estimates): the bias that accumulates in a sum of
+            # increments of either sign (p -= lr * g / sqrt(v) over steps whose
+            # gradients change sign), where pushing away from zero cancels out.
+            # Both push a result that is exact in the spec's order by an ulp, as
+            # a framework that computes it in another order may (x / sqrt(y) as
+            # x * rsqrt(y): TensorFlow's grappler and XLA). The rest jitter at random.
+            jitter = None if i == 0 else _DIRECTED[i - 1] if i <= len(_DIRECTED) else rng
             rounding = Rounding(case.dtype, jitter, hyperparameter_dtype)
             rounded = run_case_rounded(spec, case, variants, rounding)
             noise_p = _worse(noise_p, exact.params, rounded.params)
@@ -257,14 +267,19 @@ def reference(
 
 class _Directed:
     """Stands in for the random generator of `Rounding`: every draw is
-    `direction`, so every operation is pushed one unit roundoff the same way
-    (directed rounding, as in interval or CESTAC-style error estimates)."""
+    `direction`, so every operation is pushed one unit roundoff the same way:
+    away from zero (1) or toward it (-1), or, when `signed`, toward +inf (1)
+    or -inf (-1) whatever the sign of the result."""
 
-    def __init__(self, direction: float):
+    def __init__(self, direction: float, signed: bool = False):
         self.direction = direction
+        self.signed = signed
 
     def uniform(self, low: float, high: float, size: Any = None) -> Any:
         return self.direction if size is None else np.full(size, self.direction)
+
+
+_DIRECTED = (_Directed(1.0), _Directed(-1.0), _Directed(1.0, signed=True), _Directed(-1.0, signed=True))
 
 
 def run_case_rounded(spec: Spec, case: Case, variants: tuple[str, ...], rounding: Rounding):
