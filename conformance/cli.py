@@ -91,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("setup-worker", help="create a framework's own worker environment (MXNet: .venv-mxnet with numpy<1.24)")
-    p.add_argument("framework", choices=[name for name, e in FRAMEWORKS.items() if e.worker_requirements])
+    p = sub.add_parser("setup-worker", help="create a framework's own worker environment (MXNet: .venv-mxnet with numpy<1.24; any framework at a chosen version with --requirement)")
+    p.add_argument("framework", choices=list(FRAMEWORKS))
+    p.add_argument("--requirement", "-r", action="append", metavar="REQ",
+                   help="pip requirement(s) to install instead of the framework's own (repeatable), e.g. tensorflow-cpu==2.15.1 for a candidate or pinned version")
     p.add_argument("--dir", metavar="DIR", help="where to create it (default: .venv-FRAMEWORK, where runs look for it)")
     p.add_argument("--python", metavar="PYTHON", default=None, help="the interpreter to base it on (default: this one)")
     p.set_defaults(func=cmd_setup_worker, specs=[])
@@ -109,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gate", help="compare a run with a baseline; exit 1 on worse outcomes, changed semantics or defaults, lost cells")
     p.add_argument("dirs", nargs="+", metavar="RESULTS_DIR")
-    p.add_argument("--baseline", required=True, metavar="FILE")
+    p.add_argument("--baseline", metavar="FILE", help="a baseline file (default, for a side-by-side run: its pinned cells)")
+    p.add_argument("--frameworks", metavar="LIST", help="gate only these frameworks (a run of some against a baseline of all)")
     p.set_defaults(func=cmd_gate, specs=[])
 
     p = sub.add_parser("report", help="write index.html (and summary.json) for result directories")
@@ -460,8 +463,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     frameworks = sorted({c.framework for c in cells}, key=list(FRAMEWORKS).index)
     env = session.write_environment(frameworks)
     print(f"conformance run {run_id}: {len(cells)} cell(s), profile {options.profile.name}, seed {options.seed}, results in {out}")
-    for fw in frameworks:
-        info = env["frameworks"][fw]
+    for fw, info in env["frameworks"].items():
         if info.get("available"):
             devices = ", ".join(f"{d}" + ("" if v.get("available") else " (absent)") for d, v in info.get("devices", {}).items())
             print(f"  {fw}: {json.dumps(info.get('versions'))} via {info.get('isolation')} {info.get('python')}; devices: {devices}")
@@ -496,7 +498,12 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
 
                 minimal = replace(minimal, mode=r.cell.mode, device=r.cell.device, gradients=r.cell.gradients if "~" in r.cell.gradients else None)
             case_file.write_text(minimal.to_json(indent=1), encoding="utf-8")
-            print(f"replay {r.cell.id}: conformance replay {case_file} --json")
+            if r.cell.env:  # the candidate's side replays under its interpreter
+                candidate = options.candidates.get(r.cell.framework)
+                print(f"replay {r.cell.id}: conformance replay {case_file} --json --python {r.cell.framework}={candidate}"
+                      + (" (and without --python for the pinned side)" if "~" in r.cell.env else ""))
+            else:
+                print(f"replay {r.cell.id}: conformance replay {case_file} --json")
     return 1 if summary["failed"] else 0
 
 
@@ -507,16 +514,25 @@ def cmd_setup_worker(args: argparse.Namespace, catalog: Catalog) -> int:
     from .registry import entry
 
     e = entry(args.framework)
+    requirements = list(args.requirement or e.worker_requirements)
+    if not requirements:
+        raise ValueError(f"{e.title} has no worker environment of its own; name what to install with --requirement, e.g. {e.module}==VERSION")
+    if args.requirement and not args.dir:
+        raise ValueError("--requirement builds a version of its own: name its directory with --dir")
     target = Path(args.dir or f".venv-{e.name}")
     python = target / "bin" / "python"
     probe = [str(python), "-c", f"import {e.module}, numpy; print({e.module}.__version__, numpy.__version__)"]
-    if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:
+    wanted = target / "conformance-requirements.txt"  # what it was built with: rebuilt when that changes
+    if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0 and (
+        not wanted.is_file() or wanted.read_text(encoding="utf-8").split() == requirements
+    ):
         print(f"{e.title} worker environment already set up: {python}")
         return 0
     base = args.python or sys.executable
-    print(f"creating {target} from {base} and installing {' '.join(e.worker_requirements)}")
+    print(f"creating {target} from {base} and installing {' '.join(requirements)}")
     subprocess.run([base, "-m", "venv", "--clear", str(target)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *e.worker_requirements], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
+    wanted.write_text("\n".join(requirements) + "\n", encoding="utf-8")
     done = subprocess.run(probe, capture_output=True, text=True)
     if done.returncode != 0:
         print(done.stderr[-2000:], file=sys.stderr)
@@ -632,7 +648,11 @@ def cmd_gate(args: argparse.Namespace, catalog: Catalog) -> int:
     from .results import summarize
 
     summary = summarize(args.dirs)
-    result = compare(read_baseline(args.baseline), baseline(summary))
+    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()] if args.frameworks else None
+    for fw in frameworks or ():
+        if fw not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {fw!r} (known: {', '.join(FRAMEWORKS)})")
+    result = compare(read_baseline(args.baseline) if args.baseline else None, baseline(summary), frameworks)
     print(changelog(result))
     out = Path(args.dirs[0])
     write_gate(out, result)

@@ -38,15 +38,24 @@ SEP = "~"
 
 
 def is_cross(cell: Any) -> bool:
-    return SEP in cell.mode or SEP in cell.device or SEP in getattr(cell, "gradients", "")
+    return SEP in cell.mode or SEP in cell.device or SEP in getattr(cell, "gradients", "") or SEP in getattr(cell, "env", "")
+
+
+def is_env_cross(cell: Any) -> bool:
+    """The pinned and the candidate environment of a side-by-side run compared."""
+    return SEP in getattr(cell, "env", "")
 
 
 def sides(cell: Any) -> tuple[Any, Any]:
     """The two plain cells a cross cell compares."""
-    for field in ("mode", "device", "gradients"):
+    from .runner import PINNED
+
+    for field in ("mode", "device", "gradients", "env"):
         value = getattr(cell, field)
         if SEP in value:
             a, b = value.split(SEP, 1)
+            if field == "env":  # the pinned side is the run's own environment
+                a, b = ("" if a == PINNED else a), ("" if b == PINNED else b)
             return replace(cell, **{field: a}), replace(cell, **{field: b})
     raise ValueError(f"{cell.id} is not a cross cell")
 
@@ -75,8 +84,9 @@ def mode_pairs(spec: Spec, framework: str) -> list[tuple[str, str]]:
     return [(names[0], other) for names in groups.values() for other in names[1:]]
 
 
-def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: float | None = None) -> Any:
-    """Run `case` through both sides of a cross cell and compare them."""
+def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: float | None = None, other_host: Any = None) -> Any:
+    """Run `case` through both sides of a cross cell and compare them (the
+    second side on `other_host` where given: the candidate environment)."""
     from .runner import Record, build_request, observed_trajectories, skip_reason, stored_inputs
 
     t0 = time.perf_counter()
@@ -91,21 +101,22 @@ def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: floa
     if sparse_dense and case.sparse_rows is None:
         return Record(cell, UNSUPPORTED, "the sparse-vs-dense oracle needs a sparse case", case=case, seconds=time.perf_counter() - t0)
     observed: list[Trajectories] = []
-    for side in (first, second):
+    for side, side_host in ((first, host), (second, other_host or host)):
         side_mode = spec.mode(side.framework, side.mode)
         side_case = replace(case, mode=side.mode, device=side.device)
         if side.gradients == "dense" and case.sparse_rows is not None:
             side_case = replace(side_case, sparse_rows=None, sparse_values=None)
         request = build_request(spec, side_mode, side_case)
-        answer = host.run(request, timeout)
+        answer = side_host.run(request, timeout)
         if answer.status != "ok":
             # A crash is reported by the side's own cell; here it only means
             # there is nothing to compare.
             status = "unsupported" if answer.status == "unsupported" else "crashed"
+            where = f"{side.mode} on {side.device}" + (f" ({_name(side, cell)})" if is_env_cross(cell) else "")
             return Record(
                 cell,
                 UNSUPPORTED,
-                f"{side.mode} on {side.device} {status}: {answer.reason}",
+                f"{where} {status}: {answer.reason}",
                 case=case,
                 seconds=time.perf_counter() - t0,
             )
@@ -143,6 +154,7 @@ def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: floa
     record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0, observed=b, first_side=a)
     record.kind = "cross"
     record.source = "bit-identical" if identical else None
+    record.identical = identical
     return record
 
 
@@ -192,6 +204,7 @@ def _sparse_dense(spec: Spec, cell: Any, mode: ModeConfig, case: Case, sparse: T
     verdict = Verdict(outcome, expect_sparse, None, result, None, (), False, text)
     record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0, observed=sparse, first_side=dense)
     record.kind = "cross"
+    record.identical = identical
     # (read by the summary's sparse table)
     record.source = "bit-identical" if identical else ("differs" if not result.ok else None)
     return record
@@ -203,4 +216,8 @@ def _identical(x: np.ndarray, y: np.ndarray) -> bool:
 
 
 def _name(side: Any, cell: Any) -> str:
+    if is_env_cross(cell):
+        from .runner import PINNED
+
+        return side.env or PINNED
     return side.mode if SEP in cell.mode else side.device

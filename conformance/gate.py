@@ -14,6 +14,16 @@ same cases) under the candidate versions and `conformance gate` compares:
   (the worst error moved by more than a factor of 2 and 1 ulp: a different
   rounding path, still within the tolerance).
 
+A side-by-side run (`conformance run --candidate FRAMEWORK=PYTHON`) holds
+both versions: the gate then judges the candidate's cells (`...@candidate`),
+against the baseline file or, without one, against the run's own pinned
+cells, by the same rules; and fails on a `pinned~candidate` cell whose two
+environments computed results that differ beyond the tolerance on identical
+cases (noting how many cases were bit-identical).
+
+`frameworks` keeps the gate to some frameworks: a run of one framework
+gated against the baseline of all.
+
 The result is a changelog-style list (cell, before, after, why), printed,
 written as `gate.json` beside the run's results, and shown in its report.
 """
@@ -57,7 +67,9 @@ def baseline(summary: dict[str, Any]) -> dict[str, Any]:
     for c in summary["cells"]:
         worst = c.get("worst_errors") or {}
         cells[c["id"]] = {
-            "framework": c["framework"],
+            **{k: c.get(k) for k in ("rule", "framework", "mode", "device", "dtype", "gradients")},
+            "env": c.get("env") or "",
+            "bit_identical": c.get("bit_identical", 0),
             "version": c.get("version") or versions.get(c["framework"]),
             "outcome": _outcome(c),
             "variants": _variants(c),
@@ -70,9 +82,12 @@ def baseline(summary: dict[str, Any]) -> dict[str, Any]:
         f"{d['rule']}/{d['framework']}/{d['mode']}/{d['hyperparameter']}": d.get("framework_default")
         for d in summary.get("defaults") or []
     }
+    selections = [(env.get("run") or {}).get("selection") for env in summary.get("environments") or []]
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        # what the run chose to run (a baseline cell outside it is not "disappeared")
+        "selections": [s for s in selections if isinstance(s, dict)],
         "seed": sorted(s for s in seeds if s is not None),
         "versions": versions,
         "cells": cells,
@@ -89,16 +104,112 @@ def _num(x: Any) -> float | None:
         return None
 
 
-def compare(base: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+CANDIDATE_SUFFIX = "@candidate]"
+PAIR_SUFFIX = "@pinned~candidate]"
+
+
+_SELECTED = {"rules": "rule", "frameworks": "framework", "modes": "mode", "devices": "device", "dtypes": "dtype", "gradients": "gradients"}
+
+
+def _selected(cell: dict[str, Any], selections: list[dict[str, Any]]) -> bool:
+    """Whether some selection of the run keeps this (baseline) cell; a cross
+    cell is kept when both of its sides are (as `conformance run` does)."""
+    if not selections:
+        return True
+
+    def keeps(sel: dict[str, Any]) -> bool:
+        for key, field in _SELECTED.items():
+            chosen, value = sel.get(key), cell.get(field)
+            if chosen and value is not None and value not in chosen and not all(v in chosen for v in str(value).split("~")):
+                return False
+        return True
+
+    return any(keeps(sel) for sel in selections)
+
+
+def _keep(record: dict[str, Any], frameworks: Any) -> dict[str, Any]:
+    """A baseline record with only the cells and defaults of `frameworks`."""
+    if not frameworks:
+        return record
+    fws = set(frameworks)
+    return dict(
+        record,
+        cells={k: c for k, c in record["cells"].items() if c["framework"] in fws},
+        defaults={k: v for k, v in record.get("defaults", {}).items() if k.split("/")[1].split("@")[0] in fws},
+        versions={k: v for k, v in record.get("versions", {}).items() if k.split("@")[0] in fws},
+    )
+
+
+def side_by_side(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+    """A side-by-side run's record split into (its pinned cells, its candidate's
+    cells under the pinned ids, the pinned~candidate comparisons); None for a
+    run without a candidate."""
+    candidate = {cid: c for cid, c in run["cells"].items() if cid.endswith(CANDIDATE_SUFFIX)}
+    if not candidate:
+        return None
+    fws = {c["framework"] for c in candidate.values()}
+    pinned = {cid: c for cid, c in run["cells"].items() if not c.get("env") and c["framework"] in fws}
+    pairs = {cid: c for cid, c in run["cells"].items() if cid.endswith(PAIR_SUFFIX)}
+    renamed = {cid[: -len(CANDIDATE_SUFFIX)] + "]": c for cid, c in candidate.items()}
+
+    def defaults(candidate_side: bool) -> dict[str, Any]:
+        out = {}
+        for key, value in run.get("defaults", {}).items():
+            rule, fw, rest = key.split("/", 2)
+            name, _, env = fw.partition("@")
+            if name in fws and bool(env) == candidate_side:
+                out[f"{rule}/{name}/{rest}"] = value
+        return out
+
+    versions = run.get("versions", {})
+    base = dict(run, cells=pinned, defaults=defaults(False), versions={fw: versions.get(fw) for fw in fws})
+    cand = dict(run, cells=renamed, defaults=defaults(True), versions={fw: versions.get(f"{fw}@candidate") for fw in fws})
+    return base, cand, pairs
+
+
+def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = None) -> dict[str, Any]:
     """Every difference between a baseline and a run's baseline record, as entries
-    {kind, cell, before, after, why, fails}."""
+    {kind, cell, before, after, why, fails}. For a side-by-side run the
+    candidate's cells are judged, against `base` or, when it is None, against
+    the run's pinned cells; `frameworks` restricts both to those frameworks."""
     entries: list[dict[str, Any]] = []
 
     def add(kind: str, cell: str, before: Any, after: Any, why: str, fails: bool) -> None:
         entries.append({"kind": kind, "cell": cell, "before": before, "after": after, "why": why, "fails": fails})
 
+    split = side_by_side(run)
+    pairs: dict[str, Any] = {}
+    if split is not None:
+        pinned, run, pairs = split
+        if base is None:
+            base = pinned
+        else:  # (the candidate is gated; its frameworks only)
+            base = _keep(base, {c["framework"] for c in run["cells"].values()})
+    elif base is None:
+        raise ValueError("no baseline: pass --baseline FILE, or gate a side-by-side run (conformance run --candidate FRAMEWORK=PYTHON)")
+    base, run = _keep(base, frameworks), _keep(run, frameworks)
+    pairs = {k: c for k, c in pairs.items() if not frameworks or c["framework"] in set(frameworks)}
+    for cid, c in sorted(pairs.items()):
+        same = f"{c.get('bit_identical', 0)} of {c.get('examples', 0)} case(s) bit-identical"
+        if c["outcome"] in ("diverges", "crash"):
+            add("changed", cid, "pinned", "candidate",
+                f"the candidate computes other values than the pinned version on identical cases, beyond the tolerance ({same})", True)
+    compared = [c for c in pairs.values() if c.get("examples") and c["outcome"] != "unsupported"]
+    side = {
+        "cells": len(compared),
+        "bit_identical": sum(1 for c in compared if c.get("bit_identical", 0) == c["examples"]),
+        "within_tolerance": sum(1 for c in compared if c["outcome"] in ("conforms", "known-divergence") and c.get("bit_identical", 0) != c["examples"]),
+        "changed": sum(1 for c in compared if c["outcome"] in ("diverges", "crash")),
+        "cases": sum(c["examples"] for c in compared),
+        "bit_identical_cases": sum(c.get("bit_identical", 0) for c in compared),
+    } if pairs else None
+
+    unselected = 0
     for cid, b in sorted(base["cells"].items()):
         r = run["cells"].get(cid)
+        if r is None and not _selected(b, run.get("selections") or []):
+            unselected += 1  # the run did not choose to run it
+            continue
         if r is None:
             add("disappeared", cid, b["outcome"], None, "the cell is not in the run (renamed mode, dropped option, or not selected)", True)
             continue
@@ -128,6 +239,8 @@ def compare(base: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
         "versions": {fw: {"before": a, "after": b} for fw, (a, b) in upgrades.items()},
         "seed": {"baseline": base.get("seed"), "run": run.get("seed"), "differ": seeds_differ},
         "entries": entries,
+        "side_by_side": side,
+        "not_selected": unselected,
     }
 
 
@@ -139,11 +252,20 @@ def changelog(result: dict[str, Any]) -> str:
     if result["seed"]["differ"]:
         lines.append(f"warning: the run's seed {result['seed']['run']} is not the baseline's {result['seed']['baseline']}: "
                      "other cases were drawn, so variant sets may differ by chance (run with --seed)")
+    side = result.get("side_by_side")
+    if side:
+        lines.append(
+            f"side by side: {side['cells']} cell(s) compared on identical cases: {side['bit_identical']} bit-identical on every case,"
+            f" {side['within_tolerance']} within the tolerance, {side['changed']} changed beyond it"
+            f" ({side['bit_identical_cases']} of {side['cases']} case(s) bit-identical)"
+        )
     failing = [e for e in result["entries"] if e["fails"]]
     other = [e for e in result["entries"] if not e["fails"]]
     for title, group in (("FAIL", failing), ("note", other)):
         for e in group:
             lines.append(f"{title} {e['kind']:<11} {e['cell']}: {e['before']} -> {e['after']} ({e['why']})")
+    if result.get("not_selected"):
+        lines.append(f"({result['not_selected']} baseline cell(s) outside the run's selection left out)")
     lines.append(f"gate: {'passed' if result['passed'] else 'FAILED'} ({len(failing)} failing, {len(other)} noted)")
     return "\n".join(lines)
 

@@ -61,12 +61,19 @@ def plotly_js() -> str:
     return importlib.resources.files("plotly").joinpath("package_data/plotly.min.js").read_text(encoding="utf-8")
 
 
+def _version(cell: dict[str, Any]) -> str:
+    """The column's version label: a merged run's split version, or a side-by-side environment."""
+    return cell.get("version") or cell.get("env_label") or cell.get("env") or ""
+
+
 def _order(cell: dict[str, Any]) -> tuple:
     fw = list(FRAMEWORKS).index(cell["framework"]) if cell["framework"] in FRAMEWORKS else len(FRAMEWORKS)
     dtypes = list(DTYPES)[::-1]  # float64 first
+    env = cell.get("env") or ""
     return (
         fw,
         cell["framework"],
+        ("~" in env, env),  # pinned, candidate, then the two compared
         cell.get("version") or "",
         "~" in cell["mode"],
         cell["mode"],
@@ -78,7 +85,7 @@ def _order(cell: dict[str, Any]) -> tuple:
 
 
 def _column(cell: dict[str, Any]) -> tuple:
-    return (cell["framework"], cell.get("version") or "", cell["mode"], cell["device"], cell.get("gradients", "dense"), cell["dtype"])
+    return (cell["framework"], _version(cell), cell["mode"], cell["device"], cell.get("gradients", "dense"), cell["dtype"])
 
 
 def _short_dtype(dtype: str) -> str:
@@ -219,7 +226,7 @@ def cell_detail(cell: dict[str, Any], catalog: Any) -> dict[str, Any]:
             spec = catalog.get(cell["rule"])
         except (KeyError, ValueError):
             spec = None
-    keep = ("id", "rule", "framework", "mode", "device", "dtype", "gradients", "version", "counts", "examples", "seconds",
+    keep = ("id", "rule", "framework", "mode", "device", "dtype", "gradients", "version", "env", "env_label", "bit_identical", "counts", "examples", "seconds",
             "matched_variants", "fingerprints", "known_issues", "stale", "unsupported_reasons", "crash_reasons", "skipped",
             "worst_errors")
     out = {k: cell.get(k) for k in keep}

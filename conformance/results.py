@@ -188,6 +188,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
     directories = list(directories)
     records = read_versioned_records(directories)
     envs = read_environments(directories)
+    env_labels = _env_labels(envs)
     cells: dict[str, dict[str, Any]] = {}
     counts: dict[str, Counter] = defaultdict(Counter)
     for r in records:
@@ -199,6 +200,10 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
                 **{k: r[k] for k in ("rule", "framework", "mode", "device", "dtype")},
                 "gradients": r.get("gradients", "dense"),
                 "version": r.get("version"),
+                # side by side: "" (pinned), "candidate", "pinned~candidate"; labelled with the versions
+                "env": r.get("env") or "",
+                "env_label": env_labels.get((r["framework"], r.get("env") or "")),
+                "bit_identical": 0,
                 "outcome": None,
                 "counts": {},
                 "matched_variants": {},
@@ -239,6 +244,8 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
             _bump(c["known_issues"], r["known_issue"])
         if r.get("stale"):
             c["stale"] += 1
+        if r.get("bit_identical"):
+            c["bit_identical"] += 1
         if "case" in r and outcome == KNOWN and r.get("matched_variant") and _shows_better(r, c["showcase"]):
             c["showcase"] = r  # a case that shows the declared variant (see ResultWriter.write)
         if "case" in r and r.get("against_expected"):
@@ -260,10 +267,12 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
     for env in envs:
         for fw, info in (env.get("frameworks") or {}).items():
             for row in (info.get("defaults") or []) if isinstance(info, dict) else []:
-                defaults[(row.get("rule"), fw, row.get("mode"), row.get("hyperparameter"), row.get("argument"))] = row
+                # (a candidate environment's are its own: "tensorflow@candidate")
+                defaults[(row.get("rule"), fw, row.get("mode"), row.get("hyperparameter"), row.get("argument"))] = dict(row, framework=fw)
     ordered = sorted(cells.values(), key=lambda c: c["id"])
-    semantics = _semantics(records)
-    sparse = sparse_semantics(records)
+    by_env = _by_environment(records)
+    semantics = _semantics(by_env)
+    sparse = sparse_semantics(by_env)
     totals = Counter(c["outcome"] for c in ordered)
     return {
         "schema": SCHEMA,
@@ -277,6 +286,37 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
         "sparse": sparse,
         "defaults": [defaults[k] for k in sorted(defaults, key=lambda k: tuple(str(x) for x in k))],
     }
+
+
+def _env_labels(envs: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """Side by side: (framework, env) -> a column label with the versions of
+    each environment ("pinned tensorflow=2.15.1,keras=2.15.0")."""
+    versions: dict[str, str] = {}
+    for env in envs:
+        for key, info in (env.get("frameworks") or {}).items():
+            if isinstance(info, dict) and info.get("versions"):
+                versions[key] = version_label(info["versions"])
+    out = {}
+    for key, label in versions.items():
+        fw, _, env = key.partition("@")
+        if env:
+            out[(fw, env)] = f"{env} {label}"
+            out[(fw, "")] = f"pinned {versions.get(fw, '?')}"
+            out[(fw, f"pinned~{env}")] = f"pinned~{env}"
+    return out
+
+
+def _by_environment(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records for the per-mode tables: a candidate environment's under
+    its own framework name ("tensorflow@candidate"); the comparison of two
+    environments left out (it has no semantics of its own)."""
+    out = []
+    for r in records:
+        env = r.get("env") or ""
+        if "~" in env:
+            continue
+        out.append(dict(r, framework=f"{r['framework']}@{env}") if env else r)
+    return out
 
 
 def _semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

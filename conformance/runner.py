@@ -45,6 +45,10 @@ class Cell:
     device: str
     dtype: str
     gradients: str = "dense"
+    #: the framework's environment: "" for the one the run uses (pinned),
+    #: CANDIDATE for the candidate interpreter of a side-by-side run
+    #: (`--candidate FRAMEWORK=PYTHON`), "pinned~candidate" for the two compared
+    env: str = ""
 
     @property
     def id(self) -> str:
@@ -53,17 +57,26 @@ class Cell:
     @property
     def param_id(self) -> str:
         base = f"{self.framework}-{self.mode}-{self.device}-{self.dtype}"
-        return base if self.gradients == "dense" else f"{base}-{self.gradients}"
+        base = base if self.gradients == "dense" else f"{base}-{self.gradients}"
+        return f"{base}@{self.env}" if self.env else base
 
     @property
     def sparse(self) -> bool:
         return self.gradients != "dense"
 
     def to_json(self) -> dict[str, str]:
-        return {
+        out = {
             "rule": self.rule, "framework": self.framework, "mode": self.mode, "device": self.device,
             "dtype": self.dtype, "gradients": self.gradients,
         }
+        if self.env:
+            out["env"] = self.env
+        return out
+
+
+#: The environments of a side-by-side run: the run's own interpreter for a
+#: framework and the candidate one (`--candidate FRAMEWORK=PYTHON`).
+PINNED, CANDIDATE = "pinned", "candidate"
 
 
 @dataclass(frozen=True)
@@ -107,8 +120,31 @@ class Selection:
         )
 
 
-def enumerate_cells(catalog: Catalog, selection: Selection = Selection()) -> list[Cell]:
-    """Every cell the specs define, filtered by `selection`, in a stable order."""
+def enumerate_cells(catalog: Catalog, selection: Selection = Selection(), candidates: Iterable[str] = ()) -> list[Cell]:
+    """Every cell the specs define, filtered by `selection`, in a stable order.
+
+    A framework in `candidates` runs side by side in two environments: each
+    of its cells again as `@candidate` (judged against the reference like
+    the pinned one), and each plain cell of one gradient kind as
+    `@pinned~candidate`, the two environments compared on identical cases.
+    """
+    cells = _enumerate_cells(catalog, selection)
+    candidates = set(candidates)
+    if not candidates:
+        return cells
+    from .cross import SEP, is_cross
+
+    out = []
+    for cell in cells:
+        out.append(cell)
+        if cell.framework in candidates:
+            out.append(replace(cell, env=CANDIDATE))
+            if not is_cross(cell):
+                out.append(replace(cell, env=f"{PINNED}{SEP}{CANDIDATE}"))
+    return out
+
+
+def _enumerate_cells(catalog: Catalog, selection: Selection) -> list[Cell]:
     from .cross import mode_pairs
 
     out = []
@@ -219,6 +255,7 @@ class Record:
     #: error plots and trajectories are drawn from it against the reference
     observed: Trajectories | None = None
     first_side: Trajectories | None = None  # a cross cell's first side (observed is the second)
+    identical: bool | None = None  # a cross cell's two sides bit for bit the same
 
     @property
     def failing(self) -> bool:
@@ -245,6 +282,8 @@ class Record:
             out["source"] = self.source
         if self.known_issue:
             out["known_issue"] = self.known_issue
+        if self.identical is not None:
+            out["bit_identical"] = self.identical
         if self.case is not None:
             out["steps"] = self.case.steps
             out["shape"] = list(self.case.shape)
@@ -508,8 +547,12 @@ def run_cell(
     examples: int | None = None,
     timeout: float | None = None,
     database: Any = "default",
+    other_host: Any = None,
 ) -> CellResult:
-    """Fixed cases, then generated ones; failures shrink to the smallest case."""
+    """Fixed cases, then generated ones; failures shrink to the smallest case.
+    A `pinned~candidate` cell runs its second side on `other_host`."""
+    from functools import partial
+
     from .cross import execute_cross, is_cross, sides
 
     t0 = time.perf_counter()
@@ -517,23 +560,25 @@ def run_cell(
     cross = is_cross(cell)
     first = sides(cell)[0] if cross else cell
     mode = spec.mode(first.framework, first.mode)
-    run_one = execute_cross if cross else execute
+    run_one = partial(execute_cross, other_host=other_host) if cross else execute
 
     def keep(record: Record) -> None:
         result.records.append(record)
         if sink is not None:
             sink(record)
 
-    described = host.describe()
-    if described.status != "ok":
-        result.skipped = None
-        keep(Record(cell, CRASH, f"the {cell.framework} adapter cannot start: {described.reason}", detail=described.detail))
-        result.seconds = time.perf_counter() - t0
-        return result
-    for device_name in (sides(cell)[0].device, sides(cell)[1].device) if cross else (cell.device,):
-        device = (described.result.get("devices") or {}).get(device_name) or {}
+    side_hosts = ((sides(cell)[0], host), (sides(cell)[1], other_host or host)) if cross else ((cell, host),)
+    for side, side_host in side_hosts:
+        described = side_host.describe()
+        if described.status != "ok":
+            result.skipped = None
+            where = f" ({side.env})" if side.env else ""
+            keep(Record(cell, CRASH, f"the {cell.framework}{where} adapter cannot start: {described.reason}", detail=described.detail))
+            result.seconds = time.perf_counter() - t0
+            return result
+        device = (described.result.get("devices") or {}).get(side.device) or {}
         if not device.get("available"):
-            result.skipped = device.get("reason") or f"device {device_name} is not available to {cell.framework}"
+            result.skipped = device.get("reason") or f"device {side.device} is not available to {cell.framework}"
             result.seconds = time.perf_counter() - t0
             return result
 
@@ -558,7 +603,7 @@ def run_cell(
             # more would only wait out more timeouts.
             raise CaseFailed(replace(state["hung"], case=case, phase="shrink"))
         if cross:
-            record = execute_cross(spec, cell, case, host, timeout=timeout)
+            record = execute_cross(spec, cell, case, host, timeout=timeout, other_host=other_host)
         else:
             record = execute(spec, cell, case, host, timeout=timeout, fingerprint=not state["failed"])
         record.phase = "shrink" if state["failed"] else "generate"

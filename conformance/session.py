@@ -19,7 +19,9 @@ from .defaults import measure as measure_defaults
 from .execution import DEFAULT_TIMEOUT, make_host
 from .registry import FRAMEWORKS, availability, worker_python
 from .results import ResultWriter, environment, write_cell_status, write_environment
+from .cross import is_env_cross
 from .runner import (
+    CANDIDATE,
     DEFAULT_PROFILE,
     PROFILES,
     Cell,
@@ -54,17 +56,18 @@ OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--max-size", "--max-size", dict(dest="max_size", type=int, metavar="N", help="most elements per tensor (default 32)")),
     ("--isolation", "--isolation", dict(dest="isolation", choices=("worker", "inprocess"), default=None, help="run adapters in worker processes (default) or in this process")),
     ("--python", "--conformance-python", dict(dest="python", action="append", default=None, metavar="FRAMEWORK=PYTHON", help="run FRAMEWORK's worker under this interpreter (repeatable)")),
+    ("--candidate", "--conformance-candidate", dict(dest="candidate", action="append", default=None, metavar="FRAMEWORK=PYTHON", help="side by side: also run FRAMEWORK's cells under this interpreter (a candidate version) and compare the two on identical cases (repeatable)")),
     ("--timeout", "--conformance-timeout", dict(dest="timeout", type=float, metavar="SECONDS", help=f"per-case timeout (default {DEFAULT_TIMEOUT:g})")),
 ]
 
 
-def parse_pythons(items: list[str] | None) -> dict[str, str]:
+def parse_pythons(items: list[str] | None, flag: str = "--python") -> dict[str, str]:
     """`--python FRAMEWORK=PYTHON` values as {framework: interpreter}."""
     out = {}
     for item in items or ():
         fw, sep, path = item.partition("=")
-        if not sep or fw not in FRAMEWORKS:
-            raise ValueError(f"--python takes FRAMEWORK=PYTHON with FRAMEWORK one of {', '.join(FRAMEWORKS)}; got {item!r}")
+        if not sep or fw not in FRAMEWORKS or not path:
+            raise ValueError(f"{flag} takes FRAMEWORK=PYTHON with FRAMEWORK one of {', '.join(FRAMEWORKS)}; got {item!r}")
         out[fw] = path
     return out
 
@@ -97,6 +100,8 @@ class Options:
     isolation: str = "worker"
     pythons: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None
+    #: side by side: a candidate interpreter per framework (`--candidate`)
+    candidates: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_namespace(cls, ns: Any, seed: int | None = None) -> "Options":
@@ -128,6 +133,7 @@ class Options:
             isolation=get("isolation") or "worker",
             pythons=pythons,
             timeout=get("timeout"),
+            candidates=parse_pythons(get("candidate"), "--candidate"),
         )
 
     def with_default_frameworks(self) -> None:
@@ -147,6 +153,7 @@ class Options:
             "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
             "isolation": self.isolation,
             "selection": {k: list(v) if v else None for k, v in vars(s).items()},
+            "candidates": dict(self.candidates),
         }
 
 
@@ -163,66 +170,83 @@ class Session:
         self._environment: dict[str, Any] | None = None
 
     def cells(self) -> list[Cell]:
-        cells = enumerate_cells(self.catalog, self.options.selection)
+        cells = enumerate_cells(self.catalog, self.options.selection, self.options.candidates)
         if self.options.shard:
             cells = shard(cells, *self.options.shard)
         return cells
 
-    def unavailable(self, framework: str) -> str | None:
+    def unavailable(self, framework: str, env: str = "") -> str | None:
         """Why a framework cannot run at all here (None if it can be tried)."""
-        if framework in self.options.pythons:
+        if framework in self.options.pythons or env == CANDIDATE:
             return None
         a = availability(framework)
         return a.reason
 
-    def host(self, framework: str) -> Any:
-        if framework not in self._hosts:
-            isolation = "worker" if framework in self.options.pythons else self.options.isolation
-            self._hosts[framework] = make_host(framework, isolation, self.options.pythons.get(framework))
-        return self._hosts[framework]
-
-    def describe(self, framework: str) -> dict[str, Any]:
-        if framework not in self._described:
-            why = self.unavailable(framework)
-            if why is not None:
-                self._described[framework] = {"available": False, "reason": why}
+    def host(self, framework: str, env: str = "") -> Any:
+        """The framework's adapter host: its worker under the run's interpreter,
+        or under the candidate interpreter (`env` CANDIDATE)."""
+        key = framework if not env else f"{framework}@{env}"
+        if key not in self._hosts:
+            if env == CANDIDATE:
+                self._hosts[key] = make_host(framework, "worker", self.options.candidates[framework])
             else:
-                answer = self.host(framework).describe()
+                isolation = "worker" if framework in self.options.pythons else self.options.isolation
+                self._hosts[key] = make_host(framework, isolation, self.options.pythons.get(framework))
+        return self._hosts[key]
+
+    def describe(self, framework: str, env: str = "") -> dict[str, Any]:
+        key = framework if not env else f"{framework}@{env}"
+        if key not in self._described:
+            why = self.unavailable(framework, env)
+            if why is not None:
+                self._described[key] = {"available": False, "reason": why}
+            else:
+                host = self.host(framework, env)
+                answer = host.describe()
                 if answer.status == "ok":
-                    self._described[framework] = {
+                    self._described[key] = {
                         "available": True,
                         **answer.result,
-                        "python": self.host(framework).python,
-                        "isolation": self.host(framework).isolation,
-                        "defaults": self.measure_defaults(framework),
+                        "python": host.python,
+                        "isolation": host.isolation,
+                        "defaults": self.measure_defaults(framework, env),
                     }
+                    if env:
+                        self._described[key]["env"] = env
                 else:
-                    self._described[framework] = {"available": False, "reason": answer.reason, "detail": answer.detail}
-        return self._described[framework]
+                    self._described[key] = {"available": False, "reason": answer.reason, "detail": answer.detail}
+        return self._described[key]
 
-    def measure_defaults(self, framework: str) -> list[dict[str, Any]]:
+    def measure_defaults(self, framework: str, env: str = "") -> list[dict[str, Any]]:
         """The framework's own default hyperparameters for the selected rules (introspected)."""
         rules = self.options.selection.rules
         specs = [spec for spec in self.catalog if rules is None or spec.rule in rules]
-        return measure_defaults(specs, framework, self.host(framework).defaults)
+        return measure_defaults(specs, framework, self.host(framework, env).defaults)
 
     def write_environment(self, frameworks: list[str]) -> dict[str, Any]:
-        env = environment(self.options.to_json(), {fw: self.describe(fw) for fw in frameworks})
+        described = {fw: self.describe(fw) for fw in frameworks}
+        for fw in frameworks:
+            if fw in self.options.candidates:
+                described[f"{fw}@{CANDIDATE}"] = self.describe(fw, CANDIDATE)
+        env = environment(self.options.to_json(), described)
         if self.out is not None:
             write_environment(self.out, self.writer_name, env)
             self._environment = env
         return env
 
     def run_cell(self, cell: Cell) -> CellResult:
-        info = self.describe(cell.framework)
-        if not info.get("available"):
-            result = CellResult(cell, skipped=f"{cell.framework}: {info.get('reason')}")
+        envs = ("", CANDIDATE) if is_env_cross(cell) else (cell.env,)
+        missing = [(env, info) for env in envs for info in [self.describe(cell.framework, env)] if not info.get("available")]
+        if missing:
+            env, info = missing[0]
+            result = CellResult(cell, skipped=f"{cell.framework}{'@' + env if env else ''}: {info.get('reason')}")
         else:
             spec = self.catalog.get(cell.rule)
             result = run_cell(
                 spec,
                 cell,
-                self.host(cell.framework),
+                self.host(cell.framework, envs[0]),
+                other_host=self.host(cell.framework, CANDIDATE) if len(envs) == 2 else None,
                 profile=self.options.profile,
                 seed=self.options.seed,
                 sink=self.writer.write if self.writer else None,

@@ -105,3 +105,90 @@ def test_gate_command_exit_status_and_report(tmp_path, capsys):
     assert "FAIL worse       adam[torch-forloop-cpu-float32]: conforms -> diverges" in out
     html = (tmp_path / "after" / "index.html").read_text(encoding="utf-8")
     assert "Regression gate: FAILED" in html and json.loads((tmp_path / "after" / "gate.json").read_text())["passed"] is False
+
+
+def test_cells_outside_the_runs_selection_are_not_lost():
+    s, t = _summary(), _summary()
+    t["cells"] = [c for c in t["cells"] if c["rule"] == "adam"]
+    t["environments"][0]["run"]["selection"] = {"rules": ["adam"], "frameworks": None}
+    result = compare(baseline(s), baseline(t))
+    assert result["passed"] and result["not_selected"] == 1
+    # the same cell lost from a run that selected it fails
+    t["environments"][0]["run"]["selection"] = {"rules": ["adam", "rmsprop"]}
+    assert not compare(baseline(s), baseline(t))["passed"]
+
+
+def test_a_framework_filter_gates_a_subset_run_against_a_full_baseline():
+    s = _summary()
+    s["cells"].append({"id": "adam[jax-jit-cpu-float32]", "rule": "adam", "framework": "jax", "mode": "jit", "device": "cpu",
+                       "dtype": "float32", "examples": 20, "outcome": "conforms", "matched_variants": {"canonical": 20}})
+    t = copy.deepcopy(s)
+    t["cells"] = [c for c in t["cells"] if c["framework"] == "torch"]
+    assert not compare(baseline(s), baseline(t))["passed"]  # the jax cell disappeared
+    assert compare(baseline(s), baseline(t), frameworks=["torch"])["passed"]
+
+
+def _side_by_side(candidate_variants=None, pair_outcome="conforms", identical=20):
+    """A side-by-side run's summary: pinned cells, the candidate's, and the two compared."""
+    s = _summary()
+    s["environments"][0]["frameworks"]["torch@candidate"] = {"versions": {"torch": "2.14.0"}, "env": "candidate"}
+    extra = []
+    for c in s["cells"]:
+        cand = dict(c, id=c["id"][:-1] + "@candidate]", env="candidate")
+        if candidate_variants and c["id"] in candidate_variants:
+            cand.update(candidate_variants[c["id"]])
+        pair = dict(c, id=c["id"][:-1] + "@pinned~candidate]", env="pinned~candidate", outcome=pair_outcome,
+                    matched_variants={}, bit_identical=identical)
+        extra += [cand, pair]
+    s["cells"] += extra
+    s["defaults"].append(dict(s["defaults"][0], framework="torch@candidate"))
+    return s
+
+
+def test_side_by_side_without_a_baseline_gates_the_candidate_against_the_pinned_cells():
+    result = compare(None, baseline(_side_by_side()))
+    assert result["passed"] and result["entries"] == []
+    assert result["versions"] == {"torch": {"before": "torch=2.13.0", "after": "torch=2.14.0"}}
+    assert result["side_by_side"]["bit_identical"] == 3 and result["side_by_side"]["changed"] == 0
+    assert "3 bit-identical on every case" in changelog(result)
+
+    changed = _side_by_side({"rmsprop[torch-forloop-cpu-float32]": {"outcome": "conforms", "matched_variants": {"canonical": 20}}},
+                            pair_outcome="diverges", identical=0)
+    result = compare(None, baseline(changed))
+    assert not result["passed"]
+    kinds = {(e["kind"], e["cell"]) for e in result["entries"] if e["fails"]}
+    assert ("semantics", "rmsprop[torch-forloop-cpu-float32]") in kinds
+    assert ("changed", "rmsprop[torch-forloop-cpu-float32@pinned~candidate]") in kinds
+    assert result["side_by_side"]["changed"] == 3
+
+
+def test_a_plain_run_needs_a_baseline():
+    with pytest.raises(ValueError, match="no baseline"):
+        compare(None, baseline(_summary()))
+
+
+def test_a_real_side_by_side_run_of_one_version_twice_is_bit_identical_and_passes(tmp_path, capsys):
+    """The same torch in two worker interpreters (pinned and candidate): every
+    case of the compared cells is bit-identical, and the gate passes with no
+    baseline file, judging the candidate against the pinned cells."""
+    import sys
+
+    pytest.importorskip("torch")
+    out = tmp_path / "run"
+    code = main(["run", "--rules", "sgd,adam", "--frameworks", "torch", "--modes", "forloop,fused", "--dtypes", "float32",
+                 "--devices", "cpu", "--gradients", "dense", "--examples", "3", "--seed", "11", "--jobs", "1", "--no-progress",
+                 "--candidate", f"torch={sys.executable}", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    ids = {c["id"]: c for c in summary["cells"]}
+    pair = ids["adam[torch-forloop-cpu-float32@pinned~candidate]"]
+    assert pair["outcome"] == "conforms" and pair["examples"] >= 3 and pair["bit_identical"] == pair["examples"]
+    assert ids["adam[torch-forloop-cpu-float32@candidate]"]["outcome"] == ids["adam[torch-forloop-cpu-float32]"]["outcome"]
+    assert "adam[torch-forloop~fused-cpu-float32@candidate]" in ids  # the candidate's own cross-oracles
+    assert "torch@candidate" in summary["versions"]
+    capsys.readouterr()
+    assert main(["gate", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "side by side: 4 cell(s) compared on identical cases: 4 bit-identical on every case" in text
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "pinned~candidate" in html and "Side by side: 4 cell(s)" in html

@@ -186,9 +186,9 @@
     drillPlots = [];
     drill.replaceChildren();
     put(drill, el("h2", {}, d.id, " ", el("span", {class: "badge " + d.outcome.replace(" ", "-")}, d.outcome)));
-    put(drill, kv([["rule", d.rule], ["framework", d.framework + (d.version ? " @ " + d.version : "")], ["mode", d.mode], ["device", d.device],
+    put(drill, kv([["rule", d.rule], ["framework", d.framework + (d.version ? " @ " + d.version : "")], ["environment", d.env_label || d.env || null], ["mode", d.mode], ["device", d.device],
       ["dtype", d.dtype], ["gradients", d.gradients], ["cases", Object.entries(d.counts || {}).map(([k, c]) => `${k} ${c}`).join(", ") || "none"],
-      ["time", d.seconds ? d.seconds.toFixed(2) + " s" : null], ["worst error", d.worst_errors ? `${fmt(d.worst_errors.max_ulp_error)} ulp, ${fmt(d.worst_errors.margin)} of the bound` : null]]));
+      ["bit-identical", d.mode.includes("~") || d.device.includes("~") || (d.env || "").includes("~") ? `${d.bit_identical || 0} of ${d.examples} case(s)` : null], ["time", d.seconds ? d.seconds.toFixed(2) + " s" : null], ["worst error", d.worst_errors ? `${fmt(d.worst_errors.max_ulp_error)} ulp, ${fmt(d.worst_errors.margin)} of the bound` : null]]));
     if (d.skipped) put(drill, el("p", {}, "not run: " + d.skipped));
     if (d.variants.length) put(drill, el("div", {}, el("h3", {}, "Follows"), el("ul", {}, d.variants.map(cite))));
     put(drill, list("Matched variants", d.matched_variants));
