@@ -10,7 +10,12 @@ mapping). The modes name how the update is executed:
 - `xla`: inside `tf.function(jit_compile=True)` (XLA-compiled);
 - `v1`: the spec's `tf.compat.v1.train` optimizer, run eagerly (its
   `apply_gradients` uses the same fused training ops, e.g. ResourceApplyAdam,
-  as a TF1 graph would).
+  as a TF1 graph would);
+- `legacy`: Keras 2's `keras.optimizers.legacy` (OptimizerV2) classes, run
+  eagerly: TensorFlow 2.15 and older. Keras 3 has none ("not supported in
+  Keras 3"), so there the mode is a skip with Keras' own reason;
+  `legacy_plain` runs the same way: a spec names it where a legacy
+  optimizer takes another code path (RMSprop without momentum).
 
 The learning rate is a float32 Keras variable (TF1: a float32 tensor), set
 per step when the case has a schedule, so graphs are not retraced for it.
@@ -47,7 +52,7 @@ import keras
 
 FRAMEWORK = "tensorflow"
 DEVICES = ("cpu", "gpu")
-MODES = ("eager", "function", "xla", "v1")
+MODES = ("eager", "function", "xla", "v1", "legacy", "legacy_plain")
 _DTYPES = {"float16": tf.float16, "bfloat16": tf.bfloat16, "float32": tf.float32, "float64": tf.float64}
 _VAR = "p"  # the parameter's name; Keras names its slots "<name>_<slot>"
 #: Keras 3 (TensorFlow >= 2.16); Keras 2 (an older TensorFlow, for version pairs) has no keras.Variable
@@ -95,8 +100,18 @@ def _resolve(name: str):
     return obj
 
 
+def _no_legacy_in_keras3(name: str) -> None:
+    if KERAS3 and name.startswith("keras.optimizers.legacy."):
+        # (Keras 3 keeps stubs of some of them that raise ImportError when built)
+        raise NotImplementedError(
+            f"{name}: `keras.optimizers.legacy` is not supported in Keras 3 (Keras {keras.__version__});"
+            " it is Keras 2's, in TensorFlow 2.15 and older (or the tf_keras package)"
+        )
+
+
 def defaults(request: dict[str, Any]) -> dict[str, Any]:
     """The optimizer's own default arguments, read from its constructor's signature."""
+    _no_legacy_in_keras3(request["optimizer"])
     cls = _resolve(request["optimizer"])
     out: dict[str, Any] = {}
     for name, param in inspect.signature(cls.__init__).parameters.items():
@@ -157,6 +172,9 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     with tf.device(_device(request["device"])):
         if mode == "v1":
             return _run_v1(request, dtype)
+        if mode in ("legacy", "legacy_plain"):
+            _no_legacy_in_keras3(request["optimizer"])
+            return _run_v1(request, dtype, legacy=True)
         return _run_keras(request, dtype, mode)
 
 
@@ -219,7 +237,9 @@ def _run_keras(request: dict[str, Any], dtype, mode: str) -> dict[str, Any]:
     return {"params": out, "state": state}
 
 
-def _run_v1(request: dict[str, Any], dtype) -> dict[str, Any]:
+def _run_v1(request: dict[str, Any], dtype, legacy: bool = False) -> dict[str, Any]:
+    """A TF1 optimizer, or (`legacy`) a Keras 2 OptimizerV2: both apply
+    gradients to a tf.Variable and keep slots read by `get_slot(var, name)`."""
     cls = _resolve(request["optimizer"])
     params, grads, shape = _inputs(request, dtype)
     var = tf.Variable(tf.cast(tf.constant(params), dtype), name=_VAR)
@@ -227,7 +247,13 @@ def _run_v1(request: dict[str, Any], dtype) -> dict[str, Any]:
     schedule = request.get("lr_schedule")
     lr_arg = request.get("lr_arg")
     current = [None]
-    if schedule is not None:
+    if schedule is not None and legacy:
+        # OptimizerV2 keeps learning_rate in a float32 variable (_create_hypers);
+        # assigning the attribute sets that variable, as a schedule would
+        if lr_arg is None:
+            raise NotImplementedError("no native argument carries the learning rate")
+        args[lr_arg] = float(schedule[0])
+    elif schedule is not None:
         if lr_arg is None:
             raise NotImplementedError("no native argument carries the learning rate")
         # TF1 optimizers call a callable learning rate at every apply in eager mode
@@ -239,12 +265,17 @@ def _run_v1(request: dict[str, Any], dtype) -> dict[str, Any]:
     out = np.empty((steps,) + shape, dtype=native)
     state: dict[str, np.ndarray] = {}
     for i in range(steps):
-        if schedule is not None:
+        if schedule is not None and legacy:
+            setattr(opt, lr_arg, float(schedule[i]))
+        elif schedule is not None:
             current[0] = float(schedule[i])
         opt.apply_gradients([(_step_gradient(request, grads, i, shape), var)])
         out[i] = _numpy(var)
         for name in request.get("state", ()):
-            slot = opt.get_slot(var, name)
+            try:
+                slot = opt.get_slot(var, name)
+            except KeyError:  # (Keras 2 OptimizerV2 raises for a slot it did not make, e.g. vhat without amsgrad)
+                slot = None
             if slot is None:
                 continue
             state.setdefault(name, np.empty((steps,) + shape, dtype=native))[i] = _numpy(slot)

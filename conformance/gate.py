@@ -70,6 +70,8 @@ def baseline(summary: dict[str, Any]) -> dict[str, Any]:
             **{k: c.get(k) for k in ("rule", "framework", "mode", "device", "dtype", "gradients")},
             "env": c.get("env") or "",
             "bit_identical": c.get("bit_identical", 0),
+            # cases with a verdict (a cross cell's unsupported cases compare nothing)
+            "compared": sum(n for o, n in c["counts"].items() if o != "unsupported") if c.get("counts") else c.get("examples", 0),
             "version": c.get("version") or versions.get(c["framework"]),
             "outcome": _outcome(c),
             "variants": _variants(c),
@@ -81,6 +83,7 @@ def baseline(summary: dict[str, Any]) -> dict[str, Any]:
     defaults = {
         f"{d['rule']}/{d['framework']}/{d['mode']}/{d['hyperparameter']}": d.get("framework_default")
         for d in summary.get("defaults") or []
+        if "hyperparameter" in d  # (not an optimizer the framework could not be asked about)
     }
     selections = [(env.get("run") or {}).get("selection") for env in summary.get("environments") or []]
     return {
@@ -190,17 +193,17 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
     base, run = _keep(base, frameworks), _keep(run, frameworks)
     pairs = {k: c for k, c in pairs.items() if not frameworks or c["framework"] in set(frameworks)}
     for cid, c in sorted(pairs.items()):
-        same = f"{c.get('bit_identical', 0)} of {c.get('examples', 0)} case(s) bit-identical"
+        same = f"{c.get('bit_identical', 0)} of {c.get('compared', 0)} case(s) bit-identical"
         if c["outcome"] in ("diverges", "crash"):
             add("changed", cid, "pinned", "candidate",
                 f"the candidate computes other values than the pinned version on identical cases, beyond the tolerance ({same})", True)
-    compared = [c for c in pairs.values() if c.get("examples") and c["outcome"] != "unsupported"]
+    compared = [c for c in pairs.values() if c.get("compared")]
     side = {
         "cells": len(compared),
-        "bit_identical": sum(1 for c in compared if c.get("bit_identical", 0) == c["examples"]),
-        "within_tolerance": sum(1 for c in compared if c["outcome"] in ("conforms", "known-divergence") and c.get("bit_identical", 0) != c["examples"]),
+        "bit_identical": sum(1 for c in compared if c.get("bit_identical", 0) == c["compared"]),
+        "within_tolerance": sum(1 for c in compared if c["outcome"] in ("conforms", "known-divergence") and c.get("bit_identical", 0) != c["compared"]),
         "changed": sum(1 for c in compared if c["outcome"] in ("diverges", "crash")),
-        "cases": sum(c["examples"] for c in compared),
+        "cases": sum(c["compared"] for c in compared),
         "bit_identical_cases": sum(c.get("bit_identical", 0) for c in compared),
     } if pairs else None
 

@@ -257,10 +257,12 @@ def rule_tables(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for rule in sorted(by_rule):
         t = by_rule[rule]
         # defaults pivoted: one row per hyperparameter, one column per framework/mode
-        where = sorted({(d["framework"], d["mode"], d["optimizer"]) for d in t["defaults"]},
+        where = sorted({(d["framework"], d["mode"], d["optimizer"]) for d in t["defaults"] if "hyperparameter" in d},
                        key=lambda k: (list(FRAMEWORKS).index(k[0]) if k[0] in FRAMEWORKS else 9, k[1]))
         hps: dict[str, dict[str, Any]] = {}
         for d in t["defaults"]:
+            if "hyperparameter" not in d:  # a framework that could not be asked (its reason is in the environment)
+                continue
             row = hps.setdefault(d["hyperparameter"], {"hyperparameter": d["hyperparameter"], "canonical": d["canonical_default"], "values": {}})
             row["values"][f"{d['framework']}/{d['mode']}"] = d
         out.append({

@@ -484,6 +484,9 @@ def retarget(case: Case, cell: Cell, mode: ModeConfig | None = None) -> Case | N
             return None
     elif rows is not None:
         rows = values = None
+    with np.errstate(over="ignore"):
+        if not all(np.isfinite(round_to(x, cell.dtype)).all() for x in (case.params, case.grads, *(values or ()))):
+            return None  # its inputs overflow this dtype (a float32 case's 6.8e5 in float16)
     return replace(
         case,
         sparse_rows=rows,

@@ -101,3 +101,22 @@ def test_seed_facts_are_found_in_keras(catalog, rule, variant):
     assert not result.failed, [r.reason for r in result.records if r.failing]
     matched = [r.verdict.matched_variant for r in result.records if r.outcome == KNOWN and r.verdict is not None]
     assert any(m and variant in m for m in matched), matched
+
+
+@pytest.mark.skipif(not tfa.KERAS3, reason="Keras 2 has keras.optimizers.legacy")
+def test_keras2_legacy_optimizers_are_a_skip_with_keras_reason_under_keras3(catalog):
+    """Keras 3 has no keras.optimizers.legacy: each legacy cell is unsupported,
+    with Keras' reason, and its defaults cannot be introspected (a row with the
+    reason, not a crash of the run or the report)."""
+    with pytest.raises(NotImplementedError, match="not supported in Keras 3"):
+        tfa.run(_request(optimizer="keras.optimizers.legacy.Adam", mode="legacy", args={"learning_rate": 0.01}, state=["m", "v"]))
+    with pytest.raises(NotImplementedError, match="not supported in Keras 3"):
+        tfa.defaults({"optimizer": "keras.optimizers.legacy.Adadelta", "mode": "legacy"})
+    spec = catalog.get("rmsprop")
+    host = InProcessHost("tensorflow")
+    for mode in ("legacy", "legacy_plain"):
+        result = run_cell(spec, Cell("rmsprop", "tensorflow", mode, "cpu", "float32"), host, profile=PROFILES["ci"], seed=1,
+                          examples=3, database=None)
+        assert result.outcome == "unsupported" and result.records
+        assert all(r.outcome == "unsupported" for r in result.records)
+        assert any("not supported in Keras 3" in r.reason for r in result.records)

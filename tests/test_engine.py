@@ -168,3 +168,14 @@ def test_killed_run_keeps_its_results(tmp_path):
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "merged" / "summary.json").read_text())
     assert sum(sum(c["counts"].values()) for c in summary["cells"]) >= 5
+
+
+def test_a_fixed_case_whose_inputs_overflow_the_dtype_is_not_run_there(catalog):
+    """The pinned float32 rmsprop case has gradients of 6.8e5: beyond float16, so
+    its float16 cells leave it out (its records would hold inf), the others run it."""
+    from conformance.runner import retarget
+
+    case = Case.load(Path(builtin_spec_dir()) / "cases" / "rmsprop_centered_signed_sum.json")
+    assert retarget(case, Cell("rmsprop", "torch", "forloop", "cpu", "float16")) is None
+    for dtype in ("bfloat16", "float32", "float64"):
+        assert retarget(case, Cell("rmsprop", "torch", "forloop", "cpu", dtype)).dtype == dtype

@@ -153,3 +153,17 @@ def test_pytest_plugin_writes_the_report_when_asked(tmp_path):
     html = (out / "index.html").read_text(encoding="utf-8")
     assert "adam[torch-forloop-cpu-float32]" in html and "Plotly" in html
     assert json.loads((out / "summary.json").read_text())["cells"][0]["id"] == "adam[torch-forloop-cpu-float32]"
+
+
+def test_defaults_of_an_optimizer_that_could_not_be_asked_do_not_break_the_tables():
+    from conformance.report import rule_tables
+
+    rows = [
+        {"rule": "adam", "framework": "tensorflow", "mode": "legacy", "optimizer": "keras.optimizers.legacy.Adam",
+         "error": "`keras.optimizers.legacy` is not supported in Keras 3"},
+        {"rule": "adam", "framework": "torch", "mode": "forloop", "optimizer": "torch.optim.Adam", "hyperparameter": "eps",
+         "canonical_default": 1e-8, "framework_default": 1e-8, "argument": "eps", "differs": False},
+    ]
+    [table] = rule_tables({"defaults": rows})
+    assert [c["key"] for c in table["default_columns"]] == ["torch/forloop"]
+    assert [d["hyperparameter"] for d in table["defaults"]] == ["eps"]
