@@ -192,3 +192,15 @@ def test_a_real_side_by_side_run_of_one_version_twice_is_bit_identical_and_passe
     assert "side by side: 4 cell(s) compared on identical cases: 4 bit-identical on every case" in text
     html = (out / "index.html").read_text(encoding="utf-8")
     assert "pinned~candidate" in html and "Side by side: 4 cell(s)" in html
+
+
+def test_the_sparse_dense_oracles_error_is_not_a_numerics_note():
+    s = _summary()
+    s["cells"].append({"id": "adam[torch-forloop-cpu-float32-sparse~dense]", "rule": "adam", "framework": "torch", "mode": "forloop",
+                       "device": "cpu", "dtype": "float32", "gradients": "sparse~dense", "examples": 20, "outcome": "conforms",
+                       "matched_variants": {}, "worst_errors": {"max_ulp_error": 2.0}})
+    t = copy.deepcopy(s)
+    _cell(t, "adam[torch-forloop-cpu-float32-sparse~dense]")["worst_errors"] = {"max_ulp_error": 1.6e8}
+    _cell(t, "adam[torch-forloop-cpu-float32]")["worst_errors"] = {"max_ulp_error": 9.0}
+    result = compare(baseline(s), baseline(t))
+    assert [(e["kind"], e["cell"]) for e in result["entries"]] == [("numerics", "adam[torch-forloop-cpu-float32]")]
