@@ -204,3 +204,32 @@ def test_the_sparse_dense_oracles_error_is_not_a_numerics_note():
     _cell(t, "adam[torch-forloop-cpu-float32]")["worst_errors"] = {"max_ulp_error": 9.0}
     result = compare(baseline(s), baseline(t))
     assert [(e["kind"], e["cell"]) for e in result["entries"]] == [("numerics", "adam[torch-forloop-cpu-float32]")]
+
+
+def test_recorded_tensorflow_upgrade_fails_on_sparse_cells_and_passes_on_dense_ones(tmp_path, capsys):
+    """Recorded results of a real side-by-side run (tests/data/upgrade-tensorflow-adagrad:
+    the adagrad eager float32 cells of `tox -e upgrade-tensorflow`, tensorflow-cpu 2.15.1 /
+    Keras 2.15.0 pinned, 2.21.0 / Keras 3.15.1 candidate; shrink records and cases left out)."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "upgrade-tensorflow-adagrad"
+    run = tmp_path / "all"
+    run.mkdir()
+    for name in ("results-main.jsonl", "environment-main.json"):
+        (run / name).write_text((data / name).read_text())
+    assert main(["gate", str(run)]) == 1
+    out = capsys.readouterr().out
+    assert "tensorflow: tensorflow=2.15.1,keras=2.15.0 -> tensorflow=2.21.0,keras=3.15.1" in out
+    assert "FAIL changed     adagrad[tensorflow-eager-cpu-float32-sparse@pinned~candidate]" in out
+    assert "FAIL semantics   adagrad[tensorflow-eager-cpu-float32-sparse]: eps_inside_sqrt -> " in out
+    assert "per_slice_square" in out
+    # the dense cells alone: nothing changed, the gate passes
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    lines = [line for line in (data / "results-main.jsonl").read_text().splitlines() if json.loads(line)["gradients"] == "dense"]
+    (dense / "results-main.jsonl").write_text("\n".join(lines) + "\n")
+    (dense / "environment-main.json").write_text((data / "environment-main.json").read_text())
+    assert main(["gate", str(dense)]) == 0
+    out = capsys.readouterr().out
+    assert "side by side: 1 cell(s) compared on identical cases: 1 bit-identical on every case" in out
+    assert "gate: passed" in out
