@@ -422,6 +422,16 @@ def _subnormal_input(mode: ModeConfig, case: Case, hp: dict[str, Any]) -> str | 
                         f"{name} = {value!r} is subnormal in {dtype}, where {mode.optimizer} stores it: whether it is"
                         " flushed to zero depends on the framework's flush-to-zero mode"
                     )
+                if abs(value) == 2.0 ** PRECISION[dtype][1]:
+                    # One step down from the smallest normal number is a subnormal one
+                    # (twice the relative step of a rounding elsewhere), where a parser
+                    # or an operation that rounds the other way lands: MXNet's
+                    # dmlc::Parameter float parser reads wd = 2**-126 as 2**-126 - 2**-149.
+                    return (
+                        f"{name} = {value!r} is the smallest normal {dtype} number, where {mode.optimizer} stores it:"
+                        " one rounding step below it is subnormal, whose handling depends on the framework's"
+                        " flush-to-zero mode"
+                    )
     return None
 
 

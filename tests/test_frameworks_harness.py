@@ -187,3 +187,21 @@ def test_a_hyperparameter_subnormal_where_the_framework_stores_it_is_not_judged(
     normal = Case.from_dict({"rule": "adagrad", "dtype": "float64", "params": [1.0], "grads": [[1.0]],
                              "hyperparameters": {"initial_accumulator_value": 1e-30}})
     assert skip_reason(mode, normal, spec.resolve(normal.hyperparameters)) is None
+
+
+def test_the_smallest_normal_value_where_the_framework_stores_it_is_not_judged(catalog):
+    """CI found MXNet's sgd_mom_update reading wd = 2**-126 (the smallest normal
+    float32) as 2**-126 - 2**-149, a subnormal: one step down from there is
+    twice a rounding's relative size and lands where flush-to-zero decides."""
+    from conformance.runner import skip_reason, stored_inputs
+
+    spec = catalog.get("sgd")
+    mode = spec.mode("mxnet", "updater")  # MXNet stores wd as a float32 parameter
+    for wd, judged in ((2.0 ** -126, False), (2.0 ** -125, True), (0.01, True)):
+        case = Case.from_dict({"rule": "sgd", "dtype": "float64", "params": [1e-6], "grads": [[0.0]],
+                               "hyperparameters": {"lr": 1e-3, "momentum": 0.5, "weight_decay": wd}})
+        case = stored_inputs(spec, mode, case)
+        why = skip_reason(mode, case, spec.resolve(case.hyperparameters))
+        assert (why is None) is judged, why
+        if not judged:
+            assert "smallest normal float32" in why
