@@ -646,12 +646,10 @@ def cmd_gate(args: argparse.Namespace, catalog: Catalog) -> int:
     from .gate import baseline, changelog, compare, read_baseline, write_gate
     from .report import write_report
     from .results import summarize
+    from .session import parse_frameworks
 
     summary = summarize(args.dirs)
-    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()] if args.frameworks else None
-    for fw in frameworks or ():
-        if fw not in FRAMEWORKS:
-            raise ValueError(f"unknown framework {fw!r} (known: {', '.join(FRAMEWORKS)})")
+    frameworks = parse_frameworks(args.frameworks)
     result = compare(read_baseline(args.baseline) if args.baseline else None, baseline(summary), frameworks)
     print(changelog(result))
     out = Path(args.dirs[0])

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .results import version_label
+from .results import version_labels
 
 SCHEMA = 1
 GATE = "gate.json"
@@ -56,13 +56,9 @@ def _variants(cell: dict[str, Any]) -> list[str]:
 
 def baseline(summary: dict[str, Any]) -> dict[str, Any]:
     """The baseline record of a summary (see the module docstring)."""
-    versions: dict[str, str] = {}
-    seeds = set()
-    for env in summary.get("environments") or []:
-        seeds.add((env.get("run") or {}).get("seed"))
-        for fw, info in (env.get("frameworks") or {}).items():
-            if isinstance(info, dict) and info.get("versions"):
-                versions[fw] = version_label(info["versions"])
+    envs = summary.get("environments") or []
+    versions = version_labels(envs)
+    seeds = {(env.get("run") or {}).get("seed") for env in envs}
     cells = {}
     for c in summary["cells"]:
         worst = c.get("worst_errors") or {}

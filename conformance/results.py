@@ -288,14 +288,20 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
     }
 
 
-def _env_labels(envs: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
-    """Side by side: (framework, env) -> a column label with the versions of
-    each environment ("pinned tensorflow=2.15.1,keras=2.15.0")."""
+def version_labels(envs: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """{framework (or "framework@candidate"): version label} over environment files."""
     versions: dict[str, str] = {}
     for env in envs:
         for key, info in (env.get("frameworks") or {}).items():
             if isinstance(info, dict) and info.get("versions"):
                 versions[key] = version_label(info["versions"])
+    return versions
+
+
+def _env_labels(envs: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """Side by side: (framework, env) -> a column label with the versions of
+    each environment ("pinned tensorflow=2.15.1,keras=2.15.0")."""
+    versions = version_labels(envs)
     out = {}
     for key, label in versions.items():
         fw, _, env = key.partition("@")

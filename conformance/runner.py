@@ -417,20 +417,15 @@ def _subnormal_input(mode: ModeConfig, case: Case, hp: dict[str, Any]) -> str | 
                 continue
             for stage in stages:
                 dtype = case.dtype if stage == "tensor" else stage
-                if abs(value) < 2.0 ** PRECISION[dtype][1]:
+                if abs(value) <= 2.0 ** PRECISION[dtype][1]:
+                    # At the smallest normal number itself, one step down (twice the
+                    # relative step of a rounding elsewhere) is subnormal too: where a
+                    # parser rounding the other way lands (MXNet reads wd = 2**-126 as
+                    # 2**-126 - 2**-149, measured).
+                    where = "subnormal in" if abs(value) < 2.0 ** PRECISION[dtype][1] else "the smallest normal number of"
                     return (
-                        f"{name} = {value!r} is subnormal in {dtype}, where {mode.optimizer} stores it: whether it is"
-                        " flushed to zero depends on the framework's flush-to-zero mode"
-                    )
-                if abs(value) == 2.0 ** PRECISION[dtype][1]:
-                    # One step down from the smallest normal number is a subnormal one
-                    # (twice the relative step of a rounding elsewhere), where a parser
-                    # or an operation that rounds the other way lands: MXNet's
-                    # dmlc::Parameter float parser reads wd = 2**-126 as 2**-126 - 2**-149.
-                    return (
-                        f"{name} = {value!r} is the smallest normal {dtype} number, where {mode.optimizer} stores it:"
-                        " one rounding step below it is subnormal, whose handling depends on the framework's"
-                        " flush-to-zero mode"
+                        f"{name} = {value!r} is {where} {dtype}, where {mode.optimizer} stores it: whether it (or one"
+                        " rounding step below it) is flushed to zero depends on the framework's flush-to-zero mode"
                     )
     return None
 
@@ -495,19 +490,21 @@ def retarget(case: Case, cell: Cell, mode: ModeConfig | None = None) -> Case | N
     elif rows is not None:
         rows = values = None
     with np.errstate(over="ignore"):
-        if not all(np.isfinite(round_to(x, cell.dtype)).all() for x in (case.params, case.grads, *(values or ()))):
-            return None  # its inputs overflow this dtype (a float32 case's 6.8e5 in float16)
+        params, grads = round_to(case.params, cell.dtype), round_to(case.grads, cell.dtype)
+        values = tuple(round_to(v, cell.dtype) for v in values) if values is not None else None
+    if not all(np.isfinite(x).all() for x in (params, grads, *(values or ()))):
+        return None  # its inputs overflow this dtype (a float32 case's 6.8e5 in float16)
     return replace(
         case,
         sparse_rows=rows,
-        sparse_values=tuple(round_to(v, cell.dtype) for v in values) if values is not None else None,
+        sparse_values=values,
         framework=cell.framework,
         mode=cell.mode,
         device=cell.device,
         dtype=cell.dtype,
         variant=(),
-        params=round_to(case.params, cell.dtype),
-        grads=round_to(case.grads, cell.dtype),
+        params=params,
+        grads=grads,
     )
 
 
@@ -616,7 +613,7 @@ def run_cell(
             # more would only wait out more timeouts.
             raise CaseFailed(replace(state["hung"], case=case, phase="shrink"))
         if cross:
-            record = execute_cross(spec, cell, case, host, timeout=timeout, other_host=other_host)
+            record = run_one(spec, cell, case, host, timeout=timeout)
         else:
             record = execute(spec, cell, case, host, timeout=timeout, fingerprint=not state["failed"])
         record.phase = "shrink" if state["failed"] else "generate"

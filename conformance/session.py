@@ -72,6 +72,17 @@ def parse_pythons(items: list[str] | None, flag: str = "--python") -> dict[str, 
     return out
 
 
+def parse_frameworks(text: str | None) -> tuple[str, ...] | None:
+    """`--frameworks LIST`, each name checked against the registry (None: all)."""
+    if text is None:
+        return None
+    frameworks = _csv(text)
+    for fw in frameworks:
+        if fw not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {fw!r} (known: {', '.join(FRAMEWORKS)})")
+    return frameworks
+
+
 def discover_pythons(pythons: dict[str, str]) -> dict[str, str]:
     """`pythons`, plus a worker interpreter for each framework that is not
     importable here but has an environment of its own (registry.worker_python:
@@ -118,9 +129,7 @@ class Options:
         for kind in sel.gradients or ():
             if kind not in GRADIENTS:
                 raise ValueError(f"unknown gradient kind {kind!r} (known: {', '.join(GRADIENTS)})")
-        for fw in sel.frameworks or ():
-            if fw not in FRAMEWORKS:
-                raise ValueError(f"unknown framework {fw!r} (known: {', '.join(FRAMEWORKS)})")
+        parse_frameworks(get("frameworks"))
         chosen_seed = get("conformance_seed")
         if chosen_seed is None:
             chosen_seed = seed if seed is not None else random.SystemRandom().randrange(2**32)

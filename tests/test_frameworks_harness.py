@@ -204,4 +204,4 @@ def test_the_smallest_normal_value_where_the_framework_stores_it_is_not_judged(c
         why = skip_reason(mode, case, spec.resolve(case.hyperparameters))
         assert (why is None) is judged, why
         if not judged:
-            assert "smallest normal float32" in why
+            assert "the smallest normal number of float32" in why
