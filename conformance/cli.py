@@ -91,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser(
+        "explore",
+        help="a run with random seeds (profile dev unless given) that saves every counterexample as a case file for a spec to pin",
+    )
+    _common(p)
+    add_options(p.add_argument)
+    p.add_argument("--out", metavar="DIR", help="results directory (default: reports/<run-id>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel shards, as for run")
+    p.add_argument("--save-cases", metavar="DIR", default=None,
+                   help="where the counterexamples go (default: specs/cases/found/ in a checkout, else DIR/found/ of the run)")
+    p.set_defaults(func=cmd_explore)
+
     p = sub.add_parser("setup-worker", help="create a framework's own worker environment (MXNet: .venv-mxnet with numpy<1.24; any framework at a chosen version with --requirement)")
     p.add_argument("framework", choices=list(FRAMEWORKS))
     p.add_argument("--requirement", "-r", action="append", metavar="REQ",
@@ -488,6 +501,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     report = write_report(out, summary, catalog) if options.shard is None or args.jobs != 1 else "written by the merge"
     _print_cells(summary)
     _print_semantics(summary)
+    _print_precision(summary)
     print(f"summary: {out / 'summary.json'}; report: {report}")
     for r in failed:
         if r.minimal is not None and r.minimal.case is not None:
@@ -504,7 +518,46 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
                       + (" (and without --python for the pinned side)" if "~" in r.cell.env else ""))
             else:
                 print(f"replay {r.cell.id}: conformance replay {case_file} --json")
-    return 1 if summary["failed"] else 0
+    return 1 if _failed(summary, options.fail_on) else 0
+
+
+def cmd_explore(args: argparse.Namespace, catalog: Catalog) -> int:
+    """`run` for finding what the derandomized ci profile does not: a random
+    seed per run (printed), more cases per cell (profile dev), and each failing
+    cell's shrunk minimal case saved as a case file that a spec pins in its
+    `cases:` list, after which every run replays it."""
+    import shutil
+    import time
+
+    if args.conformance_profile is None:
+        args.conformance_profile = "dev"
+    argv = list(args.argv[1:])
+    save = args.save_cases
+    if "--save-cases" in argv:
+        i = argv.index("--save-cases")
+        del argv[i : i + 2]
+    argv = [a for a in argv if not a.startswith("--save-cases=")]
+    if "--profile" not in argv and not any(a.startswith("--profile=") for a in argv):
+        argv += ["--profile", args.conformance_profile]
+    if args.out is None:
+        args.out = str(Path("reports") / ("explore-" + time.strftime("%Y%m%d-%H%M%S")))
+        argv += ["--out", args.out]
+    args.argv = ["run", *argv]
+    code = cmd_run(args, catalog)
+    found = sorted(Path(args.out).glob("minimal-*.json")) + sorted(Path(args.out).glob("shard-*/minimal-*.json"))
+    if not found:
+        print("explore: no counterexample found")
+        return code
+    target = Path(save) if save else (Path("specs/cases/found") if Path("specs/cases").is_dir() else Path(args.out) / "found")
+    target.mkdir(parents=True, exist_ok=True)
+    seed = json.loads(next(Path(args.out).glob("**/environment-*.json")).read_text(encoding="utf-8"))["run"]["seed"]
+    print(f"explore: {len(found)} counterexample(s), seed {seed}; saved as case files to pin (add each to its spec's `cases:`):")
+    for f in found:
+        data = json.loads(f.read_text(encoding="utf-8"))
+        name = f"{f.stem.removeprefix('minimal-')}-seed{seed}.json"
+        shutil.copyfile(f, target / name)
+        print(f"  {target / name}   (specs/{data.get('rule')}.yaml: cases: [..., {Path('cases', *target.parts[-1:], name) if target.parts[-2:-1] == ('cases',) else target / name}])")
+    return code
 
 
 def cmd_setup_worker(args: argparse.Namespace, catalog: Catalog) -> int:
@@ -581,6 +634,7 @@ def _run_jobs(args: argparse.Namespace, options: Any, out: Path, run_id: str, jo
     report = write_report(out, summary, load_catalog(args.specs))
     _print_cells(summary)
     _print_semantics(summary)
+    _print_precision(summary)
     print(f"summary: {out / 'summary.json'}; report: {report}; wall time {time.perf_counter() - t0:.0f} s")
     for _, shard_dir, _, _ in procs:
         for case_file in sorted(shard_dir.glob("minimal-*.json")):
@@ -589,7 +643,7 @@ def _run_jobs(args: argparse.Namespace, options: Any, out: Path, run_id: str, jo
     if broken:
         print(f"error: shard(s) {', '.join(map(str, broken))} ended abnormally; see their logs", file=sys.stderr)
         return 2
-    return 1 if summary["failed"] else 0
+    return 1 if _failed(summary, options.fail_on) else 0
 
 
 def _print_semantics(summary: dict[str, Any]) -> None:
@@ -612,6 +666,30 @@ def _print_semantics(summary: dict[str, Any]) -> None:
             print(f"  {d['rule']:<9} {d['framework'] + '/' + d['mode']:<22} {d['hyperparameter']}: {d['framework_default']} (canonical {d['canonical_default']}; {d['optimizer']} {d['argument']})")
 
 
+def _failed(summary: dict[str, Any], fail_on: Any = ()) -> list[str]:
+    """The failing cells: the summary's, and those `--fail-on` adds."""
+    from .results import cell_fails
+
+    return sorted(set(summary["failed"]) | {c["id"] for c in summary["cells"] if cell_fails(c, fail_on)})
+
+
+def _print_precision(summary: dict[str, Any]) -> None:
+    rows = [r for r in summary.get("precision") or [] if r["measured"] != "exact" or r["undeclared"]]
+    judged = summary.get("precision") or []
+    if not judged:
+        return
+    print(f"precision (against the exact rule, beyond what rounding in the case's own dtype explains;"
+          f" {len(judged) - len(rows)} rule/framework/mode/dtype row(s) exact):")
+    for r in rows:
+        counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())
+        size = f", up to {float(r['max_rel_error']):.2g} relative" if r.get("max_rel_error") not in (None, 0, 0.0) else ""
+        flag = f" UNDECLARED {r['undeclared']}" if r["undeclared"] else ""
+        cause = max(r["causes"], key=r["causes"].get) if r["causes"] else ""
+        print(f"  {r['rule']:<9} {r['framework'] + '/' + r['mode']:<22} {r['dtype']:<9} {r['measured']}{flag} ({counts}{size})")
+        if cause:
+            print(f"      {cause[:300]}")
+
+
 def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
@@ -623,8 +701,12 @@ def _print_cells(summary: dict[str, Any]) -> None:
         extra = f" skipped: {c['skipped']}" if c.get("skipped") else ""
         if c.get("known_issues"):
             extra += " known issue"
-        print(f"  {c['id']:<48} {c['outcome']:<17} {counts}{' follows ' + follows if follows else ''}{extra}")
+        precision = c.get("precision") or ""
+        precision = f" precision: {precision}{' (UNDECLARED)' if c.get('precision_undeclared') else ''}" if precision and precision != "exact" else ""
+        print(f"  {c['id']:<48} {c['outcome']:<17} {counts}{' follows ' + follows if follows else ''}{precision}{extra}")
     print("totals: " + ", ".join(f"{k} {v}" for k, v in summary["totals"].items()))
+    if summary.get("precision_totals"):
+        print("precision totals: " + ", ".join(f"{k} {v}" for k, v in summary["precision_totals"].items()))
 
 
 def cmd_baseline(args: argparse.Namespace, catalog: Catalog) -> int:

@@ -98,6 +98,13 @@ class Reference:
     variants: tuple[str, ...]
     values: Trajectories
     bound: Trajectories
+    #: (steps, *shape): elements whose computation went below the dtype's
+    #: normal range in a rounded run (not judged from then on; their bound is
+    #: inf). An infinite bound elsewhere: a rounded run was not finite there.
+    taint: np.ndarray | None = None
+    #: (shape of p): parameter elements that every rounded run moves at some
+    #: step (the dtype's own arithmetic cannot keep them still)
+    moves: np.ndarray | None = None
 
 
 class Rounding:
@@ -227,6 +234,8 @@ def reference(
         noise_p = np.zeros(exact.params.shape)
         noise_s = {k: np.zeros(v.shape) for k, v in exact.state.items()}
         taint = np.zeros(exact.params.shape, dtype=bool)
+        p0 = np.asarray(case.params, dtype=np.float64)
+        moves = np.ones(p0.shape, dtype=bool)
         for i in range(max(tol.samples, 1)):
             # Sample 0 rounds to nearest. 1 and 2 push every operation one unit
             # roundoff away from zero, then toward zero: a relative bias that
@@ -242,6 +251,7 @@ def reference(
             jitter = None if i == 0 else _DIRECTED[i - 1] if i <= len(_DIRECTED) else rng
             rounding = Rounding(case.dtype, jitter, hyperparameter_dtype)
             rounded = run_case_rounded(spec, case, variants, rounding)
+            moves &= np.any(rounded.params != p0, axis=0)
             noise_p = _worse(noise_p, exact.params, rounded.params)
             for k in noise_s:
                 noise_s[k] = _worse(noise_s[k], exact.state[k], rounded.state[k])
@@ -257,12 +267,13 @@ def reference(
         # An element whose computation left the dtype's normal range (in any
         # slot: the parameter feeds the state through weight decay, the state
         # feeds the parameter) is not judged in any slot from then on.
+        subnormal = np.logical_or.accumulate(taint, axis=0)
         for b in (bound_p, *bound_s.values()):
             taint |= ~np.isfinite(b)
         taint = np.logical_or.accumulate(taint, axis=0)
         bound_p = np.where(taint, np.inf, bound_p)
         bound_s = {k: np.where(taint, np.inf, b) for k, b in bound_s.items()}
-    return Reference(variants, Trajectories(params, state), Trajectories(bound_p, bound_s))
+    return Reference(variants, Trajectories(params, state), Trajectories(bound_p, bound_s), subnormal, moves)
 
 
 class _Directed:
@@ -421,6 +432,12 @@ class Verdict:
     # sparse cases: which semantics the untouched rows showed ("dense", "lazy",
     # "either" where this case cannot tell them apart, "neither")
     sparse: str | None = None
+    #: the precision axis (conformance.precision.PrecisionVerdict), apart from the semantics
+    precision: Any = None
+
+    @property
+    def failing(self) -> bool:
+        return self.outcome in FAILING or (self.precision is not None and self.precision.failing)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -435,6 +452,7 @@ class Verdict:
             "evidenced": list(self.evidenced),
             "against_expected": self.against_expected.to_json(),
             "against_canonical": self.against_canonical.to_json() if self.against_canonical else None,
+            "precision": self.precision.to_json() if self.precision is not None else None,
         }
 
 
@@ -454,12 +472,17 @@ def classify(
     tol: Tolerance | None = None,
     hyperparameter_dtype: str = "float64",
     known_issue: Any = None,
+    references: Any = None,
 ) -> Verdict:
-    """Classify one case's observed trajectory (see the module docstring)."""
+    """Classify one case's observed trajectory (see the module docstring).
+    `references(variants)` may serve the references (a cache shared with the
+    precision axis)."""
     tol = tol or tolerance_for(spec, case.dtype)
     expected = tuple(expected)
 
     def ref_of(variants: tuple[str, ...]) -> Reference:
+        if references is not None:
+            return references(variants)
         return reference(spec, case, variants, tol, hyperparameter_dtype=hyperparameter_dtype)
 
     vs_expected = compare(observed, ref_of(expected), case.dtype)

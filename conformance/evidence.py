@@ -42,6 +42,10 @@ def references(spec: Spec, record: dict[str, Any], case: Case) -> References:
     mode = spec.mode(record["framework"], mode_name)
     tol = tolerance_for(spec, case.dtype)
     hp_dtype = mode.hyperparameter_dtype
+    from .runner import stored_inputs
+
+    user = case
+    case = stored_inputs(spec, mode, case)  # the record keeps the user's hyperparameters; the verdict used the stored ones
     exp_ref = reference(spec, case, expected, tol, hyperparameter_dtype=hp_dtype)
     first = record.get("first_side")
     if first is not None:
@@ -55,6 +59,12 @@ def references(spec: Spec, record: dict[str, Any], case: Case) -> References:
     named = {name: exp_ref}
     if expected:
         named["canonical"] = reference(spec, case, (), tol, hyperparameter_dtype=hp_dtype)
+    precision = record.get("precision") or {}
+    if precision.get("outcome") not in (None, "exact"):
+        # the precision axis: the exact rule on the user's hyperparameters, with the own-dtype bound
+        from .precision import exact_variants
+
+        named["exact rule (precision axis)"] = reference(spec, user, exact_variants(spec, expected), tol)
     return References(named, name)
 
 

@@ -8,8 +8,10 @@ CI runs the same cells with the baseline's seed (so hypothesis draws the
 same cases) under the candidate versions and `conformance gate` compares:
 
 - fails on a cell whose outcome got worse (ranks below), a changed set of
-  matched variants (the semantics changed), a changed default, and a cell
-  that disappeared (a new crash is an outcome that got worse);
+  matched variants (the semantics changed), a new precision finding
+  (`precision-loss`, `nonfinite`, `stalled`: an upgrade that starts losing
+  float64 precision), a changed default, and a cell that disappeared (a new
+  crash is an outcome that got worse);
 - reports, without failing, improvements, new cells and changed numerics
   (the worst error moved by more than a factor of 2 and 1 ulp: a different
   rounding path, still within the tolerance).
@@ -75,6 +77,9 @@ def baseline(summary: dict[str, Any]) -> dict[str, Any]:
             "examples": c.get("examples", 0),
             "worst_ulp": worst.get("max_ulp_error"),
             "worst_margin": worst.get("margin"),
+            # the precision axis: which findings the cases showed (none: exact)
+            "precision": sorted(o for o, n in (c.get("precision_counts") or {}).items() if n and o != "exact"),
+            "precision_undeclared": c.get("precision_undeclared", 0),
         }
     defaults = {
         f"{d['rule']}/{d['framework']}/{d['mode']}/{d['hyperparameter']}": d.get("framework_default")
@@ -222,6 +227,16 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
         if b["variants"] != r["variants"] and rr <= rb and "not run" not in (b["outcome"], r["outcome"]):
             add("semantics", cid, ", ".join(b["variants"]) or "canonical", ", ".join(r["variants"]) or "canonical",
                 "the variants the cases follow changed (the semantics changed)", True)
+        if "precision" in b and "precision" in r and "not run" not in (b["outcome"], r["outcome"]):
+            new = sorted(set(r["precision"]) - set(b["precision"]))
+            gone = sorted(set(b["precision"]) - set(r["precision"]))
+            if new or (r.get("precision_undeclared") and not b.get("precision_undeclared")):
+                add("precision", cid, ", ".join(b["precision"]) or "exact", ", ".join(r["precision"]) or "exact",
+                    "the precision changed: " + (f"new finding(s) {', '.join(new)}" if new else "an undeclared precision finding")
+                    + " against the exact rule", True)
+            elif gone:
+                add("precision", cid, ", ".join(b["precision"]), ", ".join(r["precision"]) or "exact",
+                    f"the precision improved ({', '.join(gone)} no longer found)", False)
         wb, wr = _num(b.get("worst_ulp")), _num(r.get("worst_ulp"))
         if "~" in (b.get("gradients") or ""):
             wb = None  # the sparse~dense oracle's error is the declared sparse difference, not rounding

@@ -55,6 +55,7 @@ def run(
     compute_dtype: str = "float64",
     rounding: Callable[[np.ndarray], np.ndarray] | None = None,
     case_dtype: str | None = None,
+    watch: Callable[[int, str, np.ndarray], None] | None = None,
 ) -> Trajectory:
     """Run `spec` (with `variants` applied) from `params` over one gradient per step.
 
@@ -72,6 +73,9 @@ def run(
     `rounding` (used by the tolerance's noise estimate) is applied to the
     result of every array operation and to the initial state: a model of a
     framework computing the same equations in a lower precision.
+
+    `watch(step, target, value)` is called after every equation (the
+    precision axis uses it to name the first equation that turns non-finite).
     """
     # "longdouble" (x87 extended on x86-64: 64-bit significand, exponents to
     # 1e-4951) is what the tolerance uses for its reference: intermediates that
@@ -143,6 +147,8 @@ def run(
             if rounding is None:
                 for target, expr in equations:
                     env[target] = expr(env)
+                    if watch is not None:
+                        watch(i + 1, target, np.asarray(env[target]))
             else:
                 carry = getattr(rounding, "carry", None)
                 for target, expr in equations:
@@ -150,6 +156,8 @@ def run(
                     if carry is not None and (target == "p" or target in state):
                         value = carry(np.asarray(value, dtype=np.float64), env[target])
                     env[target] = value
+                    if watch is not None:
+                        watch(i + 1, target, np.asarray(value))
             new_p = _shaped(env["p"], shape, dt)
             new_state = {name: _shaped(env[name], shape, dt) for name in state}
             if lazy and touched is not None:

@@ -8,7 +8,8 @@ named with `--specs DIR`. Options select cells like `conformance run` does
 (the same option table, `conformance.session.OPTIONS`). The run header
 prints framework versions, devices, seed and profile; a failing item prints
 the case's outcome, errors, first divergent step and the replay command.
-pytest fails on `diverges` and `crash` only; a cell that cannot run (device
+pytest fails on `diverges`, `crash` and undeclared precision findings, and
+on any outcome class named with `--fail-on`; a cell that cannot run (device
 or framework absent) is a skip with the reason.
 
 With pytest-xdist, the controller draws the seed and hands it to the
@@ -25,7 +26,6 @@ from typing import Any
 import pytest
 
 from .catalog import builtin_spec_dir, load_catalog
-from .compare import FAILING
 from .results import write_summary
 from .runner import Cell
 from .session import Options, Session, add_options
@@ -82,6 +82,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [
         f"conformance: profile {o.profile.name} ({o.examples or o.profile.max_examples} examples/cell, "
         f"<= {o.profile.max_steps} steps, <= {o.profile.max_size} elements), seed {o.seed}"
+        + (" (derandomized: the profile's fixed seed, no example database)" if o.profile.derandomized and o.seed == o.profile.seed else "")
+        + (f", fail on {','.join(sorted(o.fail_on))}" if o.fail_on else "")
         + (f", shard {o.shard[0]}/{o.shard[1]}" if o.shard else "")
         + f", adapters in {o.isolation} processes"
     ]
@@ -152,12 +154,22 @@ class CellFailed(Exception):
 
     def describe(self) -> str:
         r = self.result
-        lines = [f"{r.cell.id}: {r.outcome}"]
+        lines = [f"{r.cell.id}: {r.outcome}" + (f", precision {r.precision}" if r.precision else "")]
         if r.error:
             lines.append(r.error)
         m = r.minimal
         if m is not None:
             lines.append(m.reason)
+            p = m.precision
+            if p is not None and p.finding:
+                lines.append(
+                    f"precision: {p.outcome}{'' if p.declared else ' (UNDECLARED)'} at step {p.first_step}, slot {p.slot},"
+                    f" element {list(p.element or ())}: got {p.observed_value!r}, the exact rule {p.exact_value!r}"
+                    + (f" within {p.bound_value!r}" if p.bound_value is not None else "")
+                    + (f"; max rel error {p.max_rel_error:.3g}, {p.max_ulp_error:.3g} ulp" if p.max_rel_error else "")
+                )
+                if p.cause:
+                    lines.append(f"cause: {p.cause}")
             if m.verdict is not None:
                 e = m.verdict.against_expected
                 lines.append(

@@ -194,6 +194,7 @@ def _case_view(spec: Any, cell: dict[str, Any], record: dict[str, Any] | None, l
         "known_issue": record.get("known_issue"),
         "against_expected": record.get("against_expected"),
         "against_canonical": record.get("against_canonical"),
+        "precision": record.get("precision"),
         "detail": record.get("detail"),
     }
     if "case" in record:
@@ -228,7 +229,7 @@ def cell_detail(cell: dict[str, Any], catalog: Any) -> dict[str, Any]:
             spec = None
     keep = ("id", "rule", "framework", "mode", "device", "dtype", "gradients", "version", "env", "env_label", "bit_identical", "counts", "examples", "seconds",
             "matched_variants", "fingerprints", "known_issues", "stale", "unsupported_reasons", "crash_reasons", "skipped",
-            "worst_errors")
+            "worst_errors", "precision", "precision_counts", "precision_causes", "precision_undeclared", "precision_worst")
     out = {k: cell.get(k) for k in keep}
     out["outcome"] = display_outcome(cell)
     out["variants"] = [_variant_doc(spec, v) for name in (cell.get("matched_variants") or {}) for v in name.split("+") if v != "canonical"]
@@ -245,8 +246,10 @@ def cell_detail(cell: dict[str, Any], catalog: Any) -> dict[str, Any]:
 
 
 def rule_tables(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per rule: defaults across frameworks (differences marked), sparse semantics, semantics measured."""
-    by_rule: dict[str, dict[str, Any]] = defaultdict(lambda: {"defaults": [], "sparse": [], "semantics": []})
+    """Per rule: defaults across frameworks (differences marked), sparse semantics, semantics and precision measured."""
+    by_rule: dict[str, dict[str, Any]] = defaultdict(lambda: {"defaults": [], "sparse": [], "semantics": [], "precision": []})
+    for r in summary.get("precision") or []:
+        by_rule[r["rule"]]["precision"].append(r)
     for d in summary.get("defaults") or []:
         by_rule[d["rule"]]["defaults"].append(d)
     for r in summary.get("sparse") or []:
@@ -271,6 +274,7 @@ def rule_tables(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "defaults": [hps[k] for k in sorted(hps)],
             "sparse": t["sparse"],
             "semantics": t["semantics"],
+            "precision": t["precision"],
         })
     return out
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .compare import FAILING, KNOWN, OUTCOMES, UNSUPPORTED
+from .precision import EXACT, FINDINGS, PRECISION_OUTCOMES
 
 SUMMARY = "summary.json"
 SCHEMA = 1
@@ -215,6 +216,12 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
                 "unsupported_reasons": {},
                 "crash_reasons": {},
                 "worst": None,
+                # the precision axis: worst outcome, counts, causes, size
+                "precision": None,
+                "precision_counts": {},
+                "precision_causes": {},
+                "precision_undeclared": 0,
+                "precision_worst": None,
                 "showcase": None,
                 "minimal": None,
                 "skipped": None,
@@ -246,6 +253,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
             c["stale"] += 1
         if r.get("bit_identical"):
             c["bit_identical"] += 1
+        _precision_of(c, r)
         if "case" in r and outcome == KNOWN and r.get("matched_variant") and _shows_better(r, c["showcase"]):
             c["showcase"] = r  # a case that shows the declared variant (see ResultWriter.write)
         if "case" in r and r.get("against_expected"):
@@ -253,6 +261,8 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
             if c["worst"] is None or margin > _float(c["worst"]["against_expected"].get("margin")):
                 c["worst"] = r
     for cid, c in cells.items():
+        seen = [o for o in PRECISION_OUTCOMES if c["precision_counts"].get(o)]
+        c["precision"] = seen[0] if seen else None
         c["counts"] = dict(counts[cid])
         present = [o for o in OUTCOMES if counts[cid].get(o)]
         c["outcome"] = present[0] if present else UNSUPPORTED
@@ -280,12 +290,70 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
         "environments": envs,
         "versions": versions,
         "totals": dict(totals),
-        "failed": sorted(c["id"] for c in ordered if c["outcome"] in FAILING),
+        "precision_totals": dict(Counter(c["precision"] for c in ordered if c["precision"])),
+        "failed": sorted(c["id"] for c in ordered if cell_fails(c)),
         "cells": ordered,
         "semantics": semantics,
+        "precision": precision_table(ordered),
         "sparse": sparse,
         "defaults": [defaults[k] for k in sorted(defaults, key=lambda k: tuple(str(x) for x in k))],
     }
+
+
+def _precision_of(c: dict[str, Any], r: dict[str, Any]) -> None:
+    """Adds one record's precision verdict to its cell's summary."""
+    p = r.get("precision")
+    if not p:
+        return
+    _bump(c["precision_counts"], p["outcome"])
+    if p["outcome"] in FINDINGS:
+        if p.get("declared", True):
+            _bump(c["precision_causes"], f"{p['outcome']}: {p.get('cause') or 'no cause named'}")
+        else:
+            c["precision_undeclared"] += 1
+            _bump(c["precision_causes"], f"UNDECLARED {p['outcome']}: {p.get('cause') or 'no declared precision explains it'}")
+    if p["outcome"] == "precision-loss":
+        w = c["precision_worst"]
+        if w is None or _float(p.get("max_rel_error")) > _float(w.get("max_rel_error")):
+            c["precision_worst"] = {k: p.get(k) for k in ("max_abs_error", "max_rel_error", "max_ulp_error", "margin")}
+
+
+def cell_fails(c: dict[str, Any], fail_on: Iterable[str] = ()) -> bool:
+    """A summary cell fails: `diverges`, `crash`, an undeclared precision
+    finding, or an outcome of either axis named in `fail_on` (`--fail-on`)."""
+    fail_on = set(fail_on)
+    if c.get("skipped"):
+        return False
+    if c["outcome"] in FAILING or c["outcome"] in fail_on or c.get("precision_undeclared"):
+        return True
+    return any(n and o in fail_on for o, n in (c.get("precision_counts") or {}).items())
+
+
+def precision_table(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rule x framework/mode/dtype (over devices and gradient kinds): what
+    the precision axis found, how often, its size and its causes."""
+    rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for c in cells:
+        if not c.get("precision_counts") or c.get("env", "").find("~") >= 0:
+            continue
+        fw = f"{c['framework']}@{c['env']}" if c.get("env") else c["framework"]
+        key = (c["rule"], fw, c["mode"], c["dtype"])
+        row = rows.setdefault(key, {"rule": key[0], "framework": key[1], "mode": key[2], "dtype": key[3],
+                                    "counts": {}, "causes": {}, "undeclared": 0, "max_rel_error": None, "max_ulp_error": None})
+        for o, n in c["precision_counts"].items():
+            row["counts"][o] = row["counts"].get(o, 0) + n
+        for cause, n in c["precision_causes"].items():
+            row["causes"][cause] = row["causes"].get(cause, 0) + n
+        row["undeclared"] += c.get("precision_undeclared", 0)
+        w = c.get("precision_worst")
+        if w and _float(w.get("max_rel_error")) > _float(row["max_rel_error"]):
+            row["max_rel_error"], row["max_ulp_error"] = w.get("max_rel_error"), w.get("max_ulp_error")
+    out = []
+    for row in rows.values():
+        seen = [o for o in PRECISION_OUTCOMES if row["counts"].get(o)]
+        row["measured"] = seen[0] if seen else EXACT
+        out.append(row)
+    return sorted(out, key=lambda r: (r["rule"], r["framework"], r["mode"], r["dtype"]))
 
 
 def version_labels(envs: Iterable[dict[str, Any]]) -> dict[str, str]:

@@ -22,7 +22,9 @@ from hypothesis.errors import HypothesisException
 from . import strategies
 from .case import Case
 from .catalog import Catalog
-from .compare import CONFORMS, CRASH, FAILING, KNOWN, OUTCOMES, UNSUPPORTED, Trajectories, Verdict, _num, classify
+from . import precision
+from .compare import CONFORMS, CRASH, FAILING, KNOWN, OUTCOMES, UNSUPPORTED, Reference, Trajectories, Verdict, _num, classify, reference, tolerance_for
+from .precision import PRECISION_OUTCOMES, PrecisionVerdict
 from .dtypes import DTYPES, PRECISION, round_to
 from .registry import FRAMEWORKS
 from .spec import ModeConfig, Spec
@@ -81,16 +83,29 @@ PINNED, CANDIDATE = "pinned", "candidate"
 
 @dataclass(frozen=True)
 class Profile:
-    """How hard to look: examples per cell and the size of each case."""
+    """How hard to look: examples per cell and the size of each case.
+
+    A profile with a `seed` is derandomized: without `--seed` it always draws
+    the same cases (hypothesis' `@seed`), and it neither reads nor writes
+    hypothesis' example database, so a run fails only when something changed
+    (the code, a spec, a framework). The others draw a random seed (printed)
+    and replay the database's earlier failures first: exploration
+    (`conformance explore`), whose counterexamples are pinned as fixed cases.
+    """
 
     name: str
     max_examples: int
     max_steps: int = 20
     max_size: int = 32
+    seed: int | None = None  # derandomized: the seed used when none is given
+
+    @property
+    def derandomized(self) -> bool:
+        return self.seed is not None
 
 
 PROFILES: dict[str, Profile] = {
-    "ci": Profile("ci", max_examples=20),
+    "ci": Profile("ci", max_examples=20, seed=0),
     "dev": Profile("dev", max_examples=60),
     "thorough": Profile("thorough", max_examples=400, max_steps=30, max_size=64),
 }
@@ -258,8 +273,17 @@ class Record:
     identical: bool | None = None  # a cross cell's two sides bit for bit the same
 
     @property
+    def precision(self) -> PrecisionVerdict | None:
+        return self.verdict.precision if self.verdict is not None else None
+
+    @property
     def failing(self) -> bool:
-        return self.outcome in FAILING
+        """Fails by default: `diverges`, `crash`, or an undeclared precision finding."""
+        return self.outcome in FAILING or (self.precision is not None and self.precision.failing)
+
+    def fails(self, fail_on: frozenset[str] = frozenset()) -> bool:
+        """Fails under `--fail-on` (outcome classes of either axis that fail besides the default ones)."""
+        return self.failing or self.outcome in fail_on or (self.precision is not None and self.precision.outcome in fail_on)
 
     @property
     def margin(self) -> float:
@@ -298,6 +322,8 @@ class Record:
                 }
         if self.verdict is not None:
             out.update(self.verdict.to_json())
+            if self.precision is not None:
+                out["precision_outcome"] = self.precision.outcome
             v = out["against_expected"]
             for key in ("first_divergent_step", "max_abs_error", "max_rel_error", "max_ulp_error"):
                 out[key] = v[key]
@@ -430,16 +456,41 @@ def _subnormal_input(mode: ModeConfig, case: Case, hp: dict[str, Any]) -> str | 
     return None
 
 
+class _References:
+    """The references one case is judged against, each computed once: the
+    semantics axis and the precision axis often ask for the same one (a mode
+    that declares no precision of its own)."""
+
+    def __init__(self, spec: Spec, case: Case, held: Case, hyperparameter_dtype: str):
+        self.spec, self.case, self.held, self.hd = spec, case, held, hyperparameter_dtype
+        self.tol = tolerance_for(spec, case.dtype)
+        self._cache: dict[tuple, Reference] = {}
+
+    def __call__(self, c: Case, variants: tuple[str, ...], hd: str) -> Reference:
+        # the held case stands for the user's where storing changed nothing
+        which = "held" if c is self.held else "user" if c is self.case else id(c)
+        key = (which, tuple(variants), hd)
+        if key not in self._cache:
+            self._cache[key] = reference(self.spec, c, tuple(variants), self.tol, hyperparameter_dtype=hd)
+        return self._cache[key]
+
+    def semantic(self, variants: tuple[str, ...]) -> Reference:
+        return self(self.held, variants, self.hd)
+
+
 def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | None = None, fingerprint: bool = True) -> Record:
-    """Run one case through the framework and judge it. Never raises for a framework's fault."""
+    """Run one case through the framework and judge it on both axes. Never
+    raises for a framework's fault. The record keeps the user's
+    hyperparameters; the framework and the semantics axis get them as the
+    framework stores them (`stored_inputs`), the precision axis as given."""
     t0 = time.perf_counter()
     mode = spec.mode(cell.framework, cell.mode)
-    case = stored_inputs(spec, mode, case)
-    hp = spec.resolve(case.hyperparameters)
-    why = skip_reason(mode, case, hp)
+    held = stored_inputs(spec, mode, case)
+    hp = spec.resolve(held.hyperparameters)
+    why = skip_reason(mode, held, hp)
     if why is not None:
         return Record(cell, UNSUPPORTED, why, case=case, seconds=time.perf_counter() - t0)
-    answer = host.run(build_request(spec, mode, case), timeout)
+    answer = host.run(build_request(spec, mode, held), timeout)
     if answer.status == "unsupported":
         return Record(cell, UNSUPPORTED, answer.reason, case=case, seconds=time.perf_counter() - t0, framework_seconds=answer.seconds)
     sparse = case.sparse_rows is not None
@@ -455,15 +506,18 @@ def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | N
         observed = observed_trajectories(mode, answer.result, case.steps, case.shape)
     except (KeyError, TypeError, ValueError) as exc:
         return Record(cell, CRASH, f"the adapter's answer is malformed: {exc}", case=case, seconds=time.perf_counter() - t0)
+    expected = mode.sparse_expect(hp) if sparse else mode.expect
+    known_issue = mode.known_issue(cell.device, cell.dtype, hp, sparse=sparse)
+    refs = _References(spec, case, held, mode.hyperparameter_dtype)
     verdict = classify(
-        spec,
-        case,
-        mode.sparse_expect(hp) if sparse else mode.expect,
-        observed,
-        fingerprint=fingerprint,
-        hyperparameter_dtype=mode.hyperparameter_dtype,
-        known_issue=mode.known_issue(cell.device, cell.dtype, hp, sparse=sparse),
+        spec, held, expected, observed,
+        fingerprint=fingerprint, hyperparameter_dtype=mode.hyperparameter_dtype, known_issue=known_issue,
+        references=refs.semantic,
     )
+    found = _precision(spec, mode, case, held, expected, observed, verdict, known_issue, refs, fingerprint)
+    verdict = replace(verdict, precision=found)
+    if found.failing and verdict.outcome in FAILING and found.cause.startswith("undeclared"):
+        verdict = replace(verdict, explanation=f"{verdict.explanation}; {found.cause}")
     return Record(
         cell,
         verdict.outcome,
@@ -474,6 +528,18 @@ def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | N
         framework_seconds=answer.seconds,
         observed=observed,
     )
+
+
+def _precision(spec, mode, case, held, expected, observed, verdict, known_issue, refs, fingerprint) -> PrecisionVerdict:
+    ok = verdict.outcome not in FAILING
+    found = precision.judge(spec, mode, case, held, expected, observed, semantics_ok=ok, known_issue=known_issue, ref_of=refs)
+    if not ok and fingerprint and not verdict.fingerprint:
+        model = precision.undeclared_model(spec, case, expected, observed)
+        if model is not None:
+            outcome = found.outcome if found.finding else precision.PRECISION_LOSS
+            found = replace(found, outcome=outcome, declared=False,
+                            cause=f"undeclared precision loss: the declared rule with {model} explains the observed values")
+    return found
 
 
 def retarget(case: Case, cell: Cell, mode: ModeConfig | None = None) -> Case | None:
@@ -528,9 +594,11 @@ class CellResult:
     minimal: Record | None = None  # the shrunk failing case
     error: str | None = None  # hypothesis itself failed (health check, flaky)
     seconds: float = 0.0
+    fail_on: frozenset[str] = frozenset()  # outcome classes that fail besides the default (`--fail-on`)
 
     @property
     def outcome(self) -> str:
+        """The semantics axis: the worst outcome of the cell's cases."""
         if self.error:
             return CRASH
         counted = [r.outcome for r in self.records if r.phase != "shrink"]
@@ -539,8 +607,16 @@ class CellResult:
         return min(counted, key=OUTCOMES.index)
 
     @property
+    def precision(self) -> str | None:
+        """The precision axis: the worst precision outcome of the cell's cases (None: none judged)."""
+        found = [r.precision.outcome for r in self.records if r.phase != "shrink" and r.precision is not None]
+        return min(found, key=PRECISION_OUTCOMES.index) if found else None
+
+    @property
     def failed(self) -> bool:
-        return self.outcome in FAILING
+        return self.outcome in FAILING or self.outcome in self.fail_on or any(
+            r.fails(self.fail_on) for r in self.records if r.phase != "shrink"
+        )
 
 
 Sink = Callable[[Record], None]
@@ -558,6 +634,7 @@ def run_cell(
     timeout: float | None = None,
     database: Any = "default",
     other_host: Any = None,
+    fail_on: frozenset[str] = frozenset(),
 ) -> CellResult:
     """Fixed cases, then generated ones; failures shrink to the smallest case.
     A `pinned~candidate` cell runs its second side on `other_host`."""
@@ -566,7 +643,7 @@ def run_cell(
     from .cross import execute_cross, is_cross, sides
 
     t0 = time.perf_counter()
-    result = CellResult(cell)
+    result = CellResult(cell, fail_on=frozenset(fail_on))
     cross = is_cross(cell)
     first = sides(cell)[0] if cross else cell
     mode = spec.mode(first.framework, first.mode)
@@ -618,7 +695,7 @@ def run_cell(
             record = execute(spec, cell, case, host, timeout=timeout, fingerprint=not state["failed"])
         record.phase = "shrink" if state["failed"] else "generate"
         keep(record)
-        if record.failing:
+        if record.fails(result.fail_on):
             if record.outcome == CRASH and record.reason.startswith("hung"):
                 state["hung"] = record
             state["failed"] = True
@@ -637,6 +714,8 @@ def run_cell(
     )
     if database != "default":
         kwargs["database"] = database
+    elif profile.derandomized:
+        kwargs["database"] = None  # no replay of another run's failures: the same cases every run
     test = hseed(seed)(hsettings(**kwargs)(given(strategy)(check)))
     # Each cell keeps its own entries in the example database.
     test.hypothesis.inner_test._hypothesis_internal_add_digest = cell.id.encode()

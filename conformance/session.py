@@ -50,13 +50,14 @@ OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--gradients", "--gradients", dict(dest="gradients", metavar="LIST", help="comma-separated gradient kinds: dense, sparse, sparse~dense (default: all)")),
     ("--examples", "--examples", dict(dest="examples", type=int, metavar="N", help="generated cases per cell (default: the profile's)")),
     ("--profile", "--conformance-profile", dict(dest="conformance_profile", default=None, choices=sorted(PROFILES), help=f"hypothesis profile: ci (default), dev or thorough")),
-    ("--seed", "--conformance-seed", dict(dest="conformance_seed", type=int, metavar="N", help="hypothesis seed (default: random, printed)")),
+    ("--seed", "--conformance-seed", dict(dest="conformance_seed", type=int, metavar="N", help="hypothesis seed (default: the ci profile's fixed seed 0, so CI draws the same cases every run; random, printed, for the dev and thorough profiles)")),
     ("--shard", "--shard", dict(dest="shard", metavar="K/N", help="run only shard K of N (cells split by a hash of their id)")),
     ("--max-steps", "--max-steps", dict(dest="max_steps", type=int, metavar="N", help="most optimizer steps per case (default 20)")),
     ("--max-size", "--max-size", dict(dest="max_size", type=int, metavar="N", help="most elements per tensor (default 32)")),
     ("--isolation", "--isolation", dict(dest="isolation", choices=("worker", "inprocess"), default=None, help="run adapters in worker processes (default) or in this process")),
     ("--python", "--conformance-python", dict(dest="python", action="append", default=None, metavar="FRAMEWORK=PYTHON", help="run FRAMEWORK's worker under this interpreter (repeatable)")),
     ("--candidate", "--conformance-candidate", dict(dest="candidate", action="append", default=None, metavar="FRAMEWORK=PYTHON", help="side by side: also run FRAMEWORK's cells under this interpreter (a candidate version) and compare the two on identical cases (repeatable)")),
+    ("--fail-on", "--fail-on", dict(dest="fail_on", metavar="LIST", help="outcome classes that fail besides diverges, crash and undeclared precision findings, e.g. precision-loss,nonfinite,stalled (either axis)")),
     ("--timeout", "--conformance-timeout", dict(dest="timeout", type=float, metavar="SECONDS", help=f"per-case timeout (default {DEFAULT_TIMEOUT:g})")),
 ]
 
@@ -81,6 +82,21 @@ def parse_frameworks(text: str | None) -> tuple[str, ...] | None:
         if fw not in FRAMEWORKS:
             raise ValueError(f"unknown framework {fw!r} (known: {', '.join(FRAMEWORKS)})")
     return frameworks
+
+
+#: What `--fail-on` can name: outcomes of the semantics axis and of the precision axis.
+FAIL_ON_CLASSES = ("known-divergence", "unsupported", "precision-loss", "nonfinite", "stalled")
+
+
+def parse_fail_on(text: str | None) -> frozenset[str]:
+    """`--fail-on LIST` (diverges and crash always fail; naming them is allowed)."""
+    if not text:
+        return frozenset()
+    out = set(_csv(text))
+    unknown = out - set(FAIL_ON_CLASSES) - {"diverges", "crash"}
+    if unknown:
+        raise ValueError(f"--fail-on: unknown outcome class {', '.join(sorted(unknown))!r} (known: {', '.join(FAIL_ON_CLASSES)}, diverges, crash)")
+    return frozenset(out)
 
 
 def discover_pythons(pythons: dict[str, str]) -> dict[str, str]:
@@ -113,6 +129,8 @@ class Options:
     timeout: float | None = None
     #: side by side: a candidate interpreter per framework (`--candidate`)
     candidates: dict[str, str] = field(default_factory=dict)
+    #: outcome classes that fail besides the default ones (`--fail-on`)
+    fail_on: frozenset[str] = frozenset()
 
     @classmethod
     def from_namespace(cls, ns: Any, seed: int | None = None) -> "Options":
@@ -121,7 +139,7 @@ class Options:
 
         profile = PROFILES[get("conformance_profile") or DEFAULT_PROFILE]
         if get("max_steps") or get("max_size"):
-            profile = Profile(profile.name, profile.max_examples, get("max_steps") or profile.max_steps, get("max_size") or profile.max_size)
+            profile = Profile(profile.name, profile.max_examples, get("max_steps") or profile.max_steps, get("max_size") or profile.max_size, profile.seed)
         pythons = discover_pythons(parse_pythons(get("python")))
         sel = Selection(*(None if get(k) is None else _csv(get(k)) for k in ("rules", "frameworks", "modes", "devices", "dtypes", "gradients")))
         from .runner import GRADIENTS
@@ -132,7 +150,8 @@ class Options:
         parse_frameworks(get("frameworks"))
         chosen_seed = get("conformance_seed")
         if chosen_seed is None:
-            chosen_seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
+            # a derandomized profile (ci) has its fixed seed; the others draw one
+            chosen_seed = seed if seed is not None else profile.seed if profile.derandomized else random.SystemRandom().randrange(2**32)
         return cls(
             selection=sel,
             profile=profile,
@@ -143,6 +162,7 @@ class Options:
             pythons=pythons,
             timeout=get("timeout"),
             candidates=parse_pythons(get("candidate"), "--candidate"),
+            fail_on=parse_fail_on(get("fail_on")),
         )
 
     def with_default_frameworks(self) -> None:
@@ -163,6 +183,7 @@ class Options:
             "isolation": self.isolation,
             "selection": {k: list(v) if v else None for k, v in vars(s).items()},
             "candidates": dict(self.candidates),
+            "fail_on": sorted(self.fail_on),
         }
 
 
@@ -261,6 +282,7 @@ class Session:
                 sink=self.writer.write if self.writer else None,
                 examples=self.options.examples,
                 timeout=self.options.timeout,
+                fail_on=self.options.fail_on,
             )
         if result.skipped and self.writer is not None:
             write_cell_status(self.writer, cell, "skipped", result.skipped)

@@ -70,6 +70,14 @@ class VariantModel(_Model):
     equations: list[str] = Field(default_factory=list)
     state: dict[str, str | float] = Field(default_factory=dict, description="state slots whose initial value differs")
     sparse: Literal["dense", "lazy"] | None = None
+    precision: bool = Field(
+        default=False,
+        description=(
+            "the variant is a framework's own lower precision written as equations (in_dtype,"
+            " float32): part of what the framework computes for the semantics axis, a cause of"
+            " precision loss against the exact rule for the precision axis"
+        ),
+    )
 
 
 class Unsupported(_Model):
@@ -217,6 +225,7 @@ class Variant:
     equations: tuple[tuple[str, Expression], ...]
     sparse: str | None  # "lazy" makes untouched sparse rows keep params and state
     state_init: tuple[tuple[str, Expression], ...] = ()
+    precision: bool = False  # a lower precision of the framework's, not a different rule
 
 
 #: Rule-independent variant served for every spec by the kernel.
@@ -543,7 +552,7 @@ def _build(rule: str, file: str, model: SpecModel, src: Located) -> Spec:
             if slot not in model.state:
                 raise src.error(("variants", name, "state", slot), f"{slot!r} is not a state slot of this rule")
             inits.append((slot, expr(("variants", name, "state", slot), value, hp_names | {"p"})))
-        variant = Variant(name, vm.explain, vm.cite, tuple(pairs), vm.sparse, tuple(inits))
+        variant = Variant(name, vm.explain, vm.cite, tuple(pairs), vm.sparse, tuple(inits), vm.precision)
         try:
             composed = _apply_variant(list(step), variant)
         except ValueError as exc:

@@ -97,6 +97,17 @@
           ["worst error / bound", fmt(c.margin)], ["elements beyond", c.bad_elements || null]]));
   }
 
+  function precisionView(p) {
+    if (!p) return null;
+    const where = p.first_step ? `step ${p.first_step}, ${p.slot}${p.element && p.element.length ? "[" + p.element.join(", ") + "]" : ""}` : null;
+    const unjudged = Object.entries(p.unjudged || {}).map(([k, n]) => `${n} (${k})`).join(", ");
+    return el("div", {}, el("h3", {}, "Precision axis (against the exact rule, bound from the case's own dtype)"),
+      kv([["result", p.outcome + (p.outcome !== "exact" ? (p.declared ? " (declared)" : " (UNDECLARED: fails)") : "")], ["cause", p.cause || null],
+          ["first", where], ["got / exact / bound", where ? `${fmt(p.observed)} / ${fmt(p.exact)} / ${fmt(p.bound)}` : null],
+          ["size", p.outcome === "precision-loss" ? `${fmt(p.max_rel_error)} rel, ${fmt(p.max_ulp_error)} ulp, ${fmt(p.margin)} of the bound` : null],
+          ["elements", p.elements || null], ["exact rule out of the dtype's range", p.out_of_range || null], ["not bounded", unjudged || null]]));
+  }
+
   // ---------------------------------------------------------------- plots
   const PLOT_CONFIG = {displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"]};
   function plot(container, title, traces, ylog, ytitle) {
@@ -144,6 +155,7 @@
     if (v.known_issue) put(box, el("p", {}, "known issue: " + v.known_issue));
     put(box, comparison(v.against_canonical ? "against the declared rule" : "against the reference", v.against_expected));
     put(box, comparison("against the canonical rule", v.against_canonical));
+    put(box, precisionView(v.precision));
     if (v.fingerprint && v.fingerprint.length) put(box, el("p", {}, "variants that do match (fingerprint): ", v.fingerprint.join(", ")));
     if (v.evidence) put(box, plots(v.evidence));
     else if (v.evidence_error) put(box, el("p", {class: "cite"}, "no plots: " + v.evidence_error));
@@ -188,7 +200,9 @@
     put(drill, el("h2", {}, d.id, " ", el("span", {class: "badge " + d.outcome.replace(" ", "-")}, d.outcome)));
     put(drill, kv([["rule", d.rule], ["framework", d.framework + (d.version ? " @ " + d.version : "")], ["environment", d.env_label || d.env || null], ["mode", d.mode], ["device", d.device],
       ["dtype", d.dtype], ["gradients", d.gradients], ["cases", Object.entries(d.counts || {}).map(([k, c]) => `${k} ${c}`).join(", ") || "none"],
-      ["bit-identical", d.mode.includes("~") || d.device.includes("~") || (d.env || "").includes("~") ? `${d.bit_identical || 0} of ${d.examples} case(s)` : null], ["time", d.seconds ? d.seconds.toFixed(2) + " s" : null], ["worst error", d.worst_errors ? `${fmt(d.worst_errors.max_ulp_error)} ulp, ${fmt(d.worst_errors.margin)} of the bound` : null]]));
+      ["bit-identical", d.mode.includes("~") || d.device.includes("~") || (d.env || "").includes("~") ? `${d.bit_identical || 0} of ${d.examples} case(s)` : null], ["time", d.seconds ? d.seconds.toFixed(2) + " s" : null], ["worst error", d.worst_errors ? `${fmt(d.worst_errors.max_ulp_error)} ulp, ${fmt(d.worst_errors.margin)} of the bound` : null],
+      ["precision", d.precision ? d.precision + (d.precision_undeclared ? ` (${d.precision_undeclared} UNDECLARED)` : "") + " — " + Object.entries(d.precision_counts || {}).map(([k, c]) => `${k} ${c}`).join(", ") : null]]));
+    put(drill, list("Precision findings and their causes", d.precision_causes));
     if (d.skipped) put(drill, el("p", {}, "not run: " + d.skipped));
     if (d.variants.length) put(drill, el("div", {}, el("h3", {}, "Follows"), el("ul", {}, d.variants.map(cite))));
     put(drill, list("Matched variants", d.matched_variants));
