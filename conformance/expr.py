@@ -79,6 +79,31 @@ _PY_BINOPS: dict[np.ufunc, Callable[[Any, Any], Any]] = {
     np.power: operator.pow,
 }
 
+class SampleScalar(np.ndarray):
+    """A scalar of the rule (arithmetic on hyperparameters: `1 - beta2 ** t`)
+    with one value per sample of a sampled rounding model
+    (`conformance.tolerance.SampledRounding`): shape (samples, 1, ...), so it
+    broadcasts against the samples' arrays. It is treated as a scalar
+    wherever a scalar is (rounded as scalar arithmetic, given to an array
+    operation in the framework's hyperparameter precision); a result that
+    involves a real array is a plain array."""
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        plain = [x.view(np.ndarray) if isinstance(x, SampleScalar) else x for x in inputs]
+        out = kwargs.get("out")
+        if out is not None:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, SampleScalar) else o for o in out)
+        result = getattr(ufunc, method)(*plain, **kwargs)
+        scalar_only = all(isinstance(x, SampleScalar) or np.ndim(x) == 0 for x in inputs)
+        if out is None and scalar_only and isinstance(result, np.ndarray):
+            return result.view(SampleScalar)
+        return result
+
+
+def _is_scalar(x: Any) -> bool:
+    return isinstance(x, (np.floating, SampleScalar))
+
+
 # A node evaluates to (value, fresh): fresh means an ndarray that this
 # evaluation allocated and nobody else references, safe to overwrite.
 Node = Callable[[Env], tuple[Any, bool]]
@@ -125,6 +150,12 @@ class Expression:
 
 
 def _scalar_truth(value: Any, source: str) -> bool:
+    if isinstance(value, SampleScalar):
+        # a condition on rounded scalar arithmetic: the samples must agree
+        first = bool(value.flat[0])
+        if any(bool(v) != first for v in value.flat):
+            raise ExprError(f"condition in {source!r} differs between the samples of the rounding model")
+        return first
     if isinstance(value, np.ndarray) and value.ndim > 0:
         raise ExprError(f"condition in {source!r} is an array; use where(cond, a, b) for elementwise choice")
     return bool(value)
@@ -139,7 +170,7 @@ def _rounded_node(node: Node) -> Node:
         value, fresh = node(env)
         if type(value) is np.ndarray:
             return env[ROUNDING](value), True
-        if isinstance(value, np.floating):
+        if _is_scalar(value):
             return env[ROUNDING].scalar(value), False
         return value, fresh
 
@@ -200,9 +231,9 @@ def compile_expression(
                 # A scalar meeting an array is given in the framework's
                 # hyperparameter precision (ROUNDING.operand).
                 (a, fa), (b, fb) = left(env), right(env)
-                if type(a) is np.ndarray and isinstance(b, np.floating):
+                if type(a) is np.ndarray and _is_scalar(b):
                     b = env[ROUNDING].operand(b)
-                elif type(b) is np.ndarray and isinstance(a, np.floating):
+                elif type(b) is np.ndarray and _is_scalar(a):
                     a = env[ROUNDING].operand(a)
                 return _apply2(ufunc, a, fa, b, fb)
 

@@ -13,7 +13,7 @@ exception) and nothing silently promotes a float16 run to float64.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -26,10 +26,12 @@ from .spec import Spec
 
 @dataclass(frozen=True, eq=False)
 class Trajectory:
-    """Parameters and state slots after every step: arrays of shape (steps, *shape)."""
+    """Parameters and state slots after every step: arrays of shape (steps, *shape)
+    (steps, samples, *shape for a sampled rounding model). The one trajectory
+    type of the harness: the kernel's, the reference's and a framework's."""
 
     params: np.ndarray
-    state: dict[str, np.ndarray]
+    state: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,7 +55,7 @@ def run(
     sparse_rows: Sequence[Sequence[int]] | None = None,
     slice_terms: SliceTerms | None = None,
     compute_dtype: str = "float64",
-    rounding: Callable[[np.ndarray], np.ndarray] | None = None,
+    rounding: Any = None,
     case_dtype: str | None = None,
     watch: Callable[[int, str, np.ndarray], None] | None = None,
 ) -> Trajectory:
@@ -70,9 +72,12 @@ def run(
     |slices| (`rounding.gradient`) and taint elements where one slice's
     square leaves the dtype's range (`rounding.taint_below`).
 
-    `rounding` (used by the tolerance's noise estimate) is applied to the
-    result of every array operation and to the initial state: a model of a
-    framework computing the same equations in a lower precision.
+    `rounding` (a `conformance.tolerance.RoundingModel`, used by the noise
+    estimate) is applied to the result of every array operation and to the
+    initial state: a model of a framework computing the same equations in a
+    lower precision. A model with `samples` S runs S such runs at once: the
+    parameters and state carry a leading sample axis, and the trajectory has
+    shape (steps, S, *shape).
 
     `watch(step, target, value)` is called after every equation (the
     precision axis uses it to name the first equation that turns non-finite).
@@ -83,10 +88,7 @@ def run(
     dt = np.dtype(np.longdouble) if compute_dtype == "longdouble" else numpy_dtype(compute_dtype)
     scalar = dt.type
     hp = spec.resolve(hyperparameters)
-    hp_round = getattr(rounding, "hyperparameter", None)
-    env_base = {
-        name: (v if isinstance(v, bool) else scalar(hp_round(v) if hp_round else v)) for name, v in hp.items()
-    }
+    env_base = {name: (v if isinstance(v, bool) else scalar(v)) for name, v in hp.items()}
     if case_dtype is not None:
         # in_dtype(x) in a spec: x rounded to the case dtype, kept in the compute dtype
         low = numpy_dtype(case_dtype).type
@@ -112,16 +114,24 @@ def run(
         p = p.reshape(1)
         grads = grads.reshape(steps, 1)
     shape = p.shape
+    # the shape of every state and parameter array: with a sampled rounding
+    # model, one per sample (the gradients broadcast against it)
+    samples = rounding.samples if rounding is not None else None
+    full = shape if samples is None else (samples,) + shape
+    if rounding is not None:
+        rounding.bind(shape)
     init_env = dict(env_base, p=p)
     state = {
-        name: np.array(np.broadcast_to(expr(init_env), shape), dtype=dt)
+        name: np.array(np.broadcast_to(expr(init_env), full), dtype=dt)
         for name, expr in spec.initial_state(tuple(variants)).items()
     }
+    if samples is not None:
+        p = np.array(np.broadcast_to(p, full))
     if rounding is not None:
         init_env[ROUNDING] = rounding
-        state = {name: rounding(value) for name, value in state.items()}
-    out_p = np.empty((steps,) + shape, dtype=dt)
-    out_state = {name: np.empty((steps,) + shape, dtype=dt) for name in state}
+        state = {name: _shaped(rounding(value), full, dt) for name, value in state.items()}
+    out_p = np.empty((steps,) + full, dtype=dt)
+    out_state = {name: np.empty((steps,) + full, dtype=dt) for name in state}
 
     with np.errstate(all="ignore"):
         for i in range(steps):
@@ -143,36 +153,36 @@ def run(
             if rounding is not None:
                 env[ROUNDING] = rounding
             if lr_schedule is not None:
-                env["lr"] = scalar(hp_round(lr_schedule[i]) if hp_round else lr_schedule[i])
+                env["lr"] = scalar(lr_schedule[i])
             if rounding is None:
                 for target, expr in equations:
                     env[target] = expr(env)
                     if watch is not None:
                         watch(i + 1, target, np.asarray(env[target]))
             else:
-                carry = getattr(rounding, "carry", None)
                 for target, expr in equations:
                     value = expr(env)
-                    if carry is not None and (target == "p" or target in state):
-                        value = carry(np.asarray(value, dtype=np.float64), env[target])
+                    if target == "p" or target in state:
+                        value = rounding.carry(np.asarray(value, dtype=dt), env[target])
                     env[target] = value
                     if watch is not None:
                         watch(i + 1, target, np.asarray(value))
-            new_p = _shaped(env["p"], shape, dt)
-            new_state = {name: _shaped(env[name], shape, dt) for name in state}
+            new_p = _shaped(env["p"], full, dt)
+            new_state = {name: _shaped(env[name], full, dt) for name in state}
             if lazy and touched is not None:
                 keep = _rows(touched, len(shape))
                 new_p = np.where(keep, new_p, p)
                 new_state = {name: np.where(keep, new_state[name], state[name]) for name in state}
             p, state = new_p, new_state
-            if rounding is not None and hasattr(rounding, "end_step"):
+            if rounding is not None:
                 rounding.end_step()
             out_p[i] = p
             for name in state:
                 out_state[name][i] = state[name]
     if out_shape != shape:
-        out_p = out_p.reshape((steps,) + out_shape)
-        out_state = {name: v.reshape((steps,) + out_shape) for name, v in out_state.items()}
+        lead = (steps,) if samples is None else (steps, samples)
+        out_p = out_p.reshape(lead + out_shape)
+        out_state = {name: v.reshape(lead + out_shape) for name, v in out_state.items()}
     return Trajectory(out_p, out_state)
 
 

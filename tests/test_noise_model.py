@@ -121,3 +121,54 @@ def test_the_bound_still_tells_float32_betas_apart_in_float64(catalog):
         rounded = reference(spec, case, ("epsilon_hat", "bias_correction_float32_betas"), tol, hyperparameter_dtype="cast")
         assert compare(rounded.values, exact, dtype).ok is not told
         assert compare(exact.values, rounded, dtype).ok is not told
+
+
+def _equivalence_cases(catalog):
+    rng = np.random.default_rng(1)
+    hp = {"rmsprop": {"centered": True, "momentum": 0.5}, "sgd": {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+          "adam": {"amsgrad": True, "eps": 1e-6}, "adamw": {"amsgrad": True}}
+    for spec in catalog:
+        for dtype in ("float64", "float32", "float16", "bfloat16"):
+            def r(x):
+                return np.asarray(x, dtype=np.float64).astype(numpy_dtype(dtype)).astype(np.float64)
+
+            yield Case(rule=spec.rule, dtype=dtype, params=r(rng.normal(size=(3, 4))), grads=r(rng.normal(size=(6, 3, 4)) * 10), hyperparameters=hp.get(spec.rule, {}))
+            yield Case(rule=spec.rule, dtype=dtype, params=r(rng.normal()), grads=r(rng.normal(size=(4,))), hyperparameters=hp.get(spec.rule, {}))
+    # a subnormal increment in a state computed from the gradient alone (no sample axis)
+    yield Case(rule="sgd", dtype="float64", params=np.zeros(2), grads=np.array([[1.0, 1e-309]]), hyperparameters={"momentum": 0.9})
+    rows = ((0, 2, 2), (1,), ())
+    values = tuple(rng.normal(size=(len(x), 4)) for x in rows)
+    grads = np.zeros((3, 3, 4))
+    for i, (x, v) in enumerate(zip(rows, values)):
+        for row, piece in zip(x, v):
+            grads[i, row] += piece
+    yield Case(rule="adagrad", dtype="float32", params=rng.normal(size=(3, 4)).astype(np.float32).astype(np.float64),
+               grads=grads.astype(np.float32).astype(np.float64), hyperparameters={},
+               sparse_rows=rows, sparse_values=tuple(v.astype(np.float32).astype(np.float64) for v in values))
+
+
+def test_the_batched_noise_estimate_is_the_serial_one(catalog):
+    """The rounded runs in one kernel pass (a sample axis) give bit for bit the
+    bounds, taints and moving elements of the same samples run one by one
+    (the deterministic ones: nearest and the four directed samples), for every
+    rule and declared variant set, every dtype, a scalar parameter and sparse rows."""
+    compared = 0
+    for case in _equivalence_cases(catalog):
+        spec = catalog.get(case.rule)
+        seen = set()
+        for (fw, mode_name), mode in spec.modes.items():
+            key = (mode.expect, mode.hyperparameter_dtype)
+            if key in seen or (mode.gradients == "sparse") != (case.sparse_rows is not None and mode.gradients == "sparse"):
+                continue
+            seen.add(key)
+            tol = replace(tolerance_for(spec, case.dtype), samples=5)
+            a = reference(spec, case, mode.expect, tol, hyperparameter_dtype=mode.hyperparameter_dtype)
+            b = reference(spec, case, mode.expect, tol, hyperparameter_dtype=mode.hyperparameter_dtype, batched=False)
+            where = f"{case.rule} {fw}/{mode_name} {case.dtype} {case.shape}"
+            np.testing.assert_array_equal(a.bound.params, b.bound.params, err_msg=where)
+            for k in a.bound.state:
+                np.testing.assert_array_equal(a.bound.state[k], b.bound.state[k], err_msg=f"{where} {k}")
+            np.testing.assert_array_equal(a.taint, b.taint, err_msg=where)
+            np.testing.assert_array_equal(a.moves, b.moves, err_msg=where)
+            compared += 1
+    assert compared > 200
