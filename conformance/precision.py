@@ -58,7 +58,7 @@ import numpy as np
 from .case import Case
 from .compare import Reference, Tolerance, Trajectories, _num, compare, element_errors, reference, tolerance_for
 from .dtypes import PRECISION, numpy_dtype, round_to, ulp
-from .kernel import run as kernel_run
+from .kernel import run as kernel_run, run_case
 from .spec import ModeConfig, Spec
 
 EXACT = "exact"
@@ -372,7 +372,7 @@ def explain(
         parts.append("; ".join(bad))
     declared = pieces(spec, mode, case, expected, known_issue)
     if verdict.outcome == PRECISION_LOSS and len(declared) > 1:
-        declared = _needed(spec, mode, case, expected, observed, declared, ref, ref_of) or declared
+        declared = _needed(spec, mode, case, held, expected, observed, declared, ref, ref_of) or declared
     if declared:
         parts.append("declared: " + "; ".join(p.text for p in declared))
     elif verdict.outcome != PRECISION_LOSS:
@@ -387,9 +387,14 @@ def explain(
     return "; ".join(parts)
 
 
-def _needed(spec, mode, case, expected, observed, declared, ref, ref_of) -> list[Piece]:
+def _needed(spec, mode, case, held, expected, observed, declared, ref, ref_of) -> list[Piece]:
     """The pieces without which the declared model no longer explains the
-    observed values (each dropped in turn; the exact rule otherwise)."""
+    observed values (each dropped in turn). Each test is one exact kernel run
+    with the remaining pieces, against the bound of the declared model (when
+    the hyperparameter precision remains) or the own-dtype one: a naming
+    aid, not a verdict, so it borrows the bounds it already has."""
+    declared_bound = ref_of(held, tuple(expected), mode.hyperparameter_dtype).bound
+    hp = spec.resolve(case.hyperparameters)
     needed = []
     for piece in declared:
         if piece.kind == "known_issue":
@@ -397,8 +402,6 @@ def _needed(spec, mode, case, expected, observed, declared, ref, ref_of) -> list
             continue
         rest = [p for p in declared if p is not piece]
         inputs = {p.name for p in rest if p.kind == "input"}
-        held = replace(case, hyperparameters=dict(case.hyperparameters), lr_schedule=case.lr_schedule)
-        hp = spec.resolve(case.hyperparameters)
         given = dict(case.hyperparameters)
         schedule = case.lr_schedule
         for name, stages in mode.input_dtypes:
@@ -406,11 +409,11 @@ def _needed(spec, mode, case, expected, observed, declared, ref, ref_of) -> list
                 given[name] = _stored(hp.get(name), stages, case.dtype)
                 if name == "lr" and schedule is not None:
                     schedule = tuple(_stored(x, stages, case.dtype) for x in schedule)
-        held = replace(held, hyperparameters=given, lr_schedule=schedule)
         variants = exact_variants(spec, expected) + tuple(p.name for p in rest if p.kind == "variant")
-        hd = mode.hyperparameter_dtype if any(p.kind == "hyperparameter_dtype" for p in rest) else "float64"
-        other = ref_of(held, variants, hd)
-        if not compare(observed, other, case.dtype).ok:
+        values = run_case(spec, replace(case, hyperparameters=given, lr_schedule=schedule), variants, compute_dtype="longdouble")
+        values = Trajectories(values.params.astype(np.float64), {k: v.astype(np.float64) for k, v in values.state.items()})
+        bound = declared_bound if any(p.kind == "hyperparameter_dtype" for p in rest) else ref.bound
+        if not compare(observed, Reference(variants, values, bound), case.dtype).ok:
             needed.append(piece)
     return needed
 

@@ -224,8 +224,11 @@ def _cross_cells(spec: Spec, selection: Selection) -> list[Cell]:
             for other in devices[1:]:
                 for dtype in mode.dtypes or tuple(DTYPES):
                     sides = (Cell(spec.rule, fw, name, devices[0], dtype), Cell(spec.rule, fw, name, other, dtype))
-                    if all(selection.keeps(c) for c in sides):
-                        out.append(Cell(spec.rule, fw, name, f"{devices[0]}{SEP}{other}", dtype))
+                    crossed = Cell(spec.rule, fw, name, f"{devices[0]}{SEP}{other}", dtype)
+                    # kept with both sides, or when the selection names it (--devices cuda,cpu~cuda:
+                    # the GPU cells and their cpu twins' comparison, without every cpu cell)
+                    if all(selection.keeps(c) for c in sides) or (selection.devices and selection.keeps(crossed)):
+                        out.append(crossed)
     return out
 
 
