@@ -10,6 +10,13 @@ what the modes name:
 - `foreach`: `foreach=True`, the multi-tensor path (`_multi_tensor_*`),
   torch's default on CUDA;
 - `fused`: `fused=True`, one fused kernel (`_fused_*`, CPU and CUDA);
+- `differentiable`: `foreach=False, differentiable=True`, the per-tensor
+  path with autograd through the step (torch/optim/optimizer.py
+  `_use_grad_for_differentiable`); the parameter is a leaf that does not
+  require grad, so the in-place update is allowed and the numerics are those
+  of the differentiable branch;
+- `capturable`: `foreach=False, capturable=True`, the CUDA-graph-safe path
+  (step counts and bias corrections as device tensors; CUDA only);
 - any other mode name (e.g. `sparse_adam`) builds the spec's optimizer with
   no implementation flag.
 
@@ -32,7 +39,13 @@ import torch
 
 FRAMEWORK = "torch"
 DEVICES = ("cpu", "cuda")
-_MODE_FLAGS = {"forloop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+_MODE_FLAGS = {
+    "forloop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+    "differentiable": {"foreach": False, "differentiable": True},
+    "capturable": {"foreach": False, "capturable": True},
+}
 _DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -133,7 +146,9 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     # torch.tensor copies: the optimizer updates its parameter in place, and
     # the caller's arrays (in-process) must stay as they were.
     grads = torch.tensor(np.asarray(request["grads"], dtype=np.float64), dtype=dtype, device=device)
-    p = torch.nn.Parameter(torch.tensor(np.asarray(request["params"], dtype=np.float64), dtype=dtype, device=device))
+    # (differentiable: a leaf that does not require grad takes the in-place update under autograd)
+    p = torch.nn.Parameter(torch.tensor(np.asarray(request["params"], dtype=np.float64), dtype=dtype, device=device),
+                           requires_grad=not args.get("differentiable", False))
     try:
         opt = cls([p], **args)
     except (TypeError, ValueError) as exc:

@@ -202,3 +202,22 @@ def test_fail_on_makes_a_declared_finding_fail_the_cell(catalog):
     assert not plain.failed and plain.precision == NONFINITE  # declared (eps 1e-8 in float16): passes
     strict = run_cell(spec, cell, InProcessHost("torch"), fail_on=frozenset({"nonfinite"}), **kwargs)
     assert strict.failed and strict.minimal is not None and strict.minimal.precision.outcome == NONFINITE
+
+
+def test_torch_differentiable_adam_has_float32_bias_corrections_and_rmsprop_has_none(catalog):
+    """Every implementation path is a mode: torch's differentiable=True Adam
+    takes the step count as a float32 tensor (torch/optim/adam.py
+    _single_tensor_adam, `if capturable or differentiable`), so a float64
+    model gets float32-precision bias corrections; RMSprop's differentiable
+    path is forloop's, bit for bit."""
+    pytest.importorskip("torch")
+    adam = _run(catalog, "adam", "torch", "differentiable", "float64", {"lr": 0.0123}, [0.5, 1.0], [[0.3, 1.0]] * 6)
+    assert adam.outcome == CONFORMS and adam.precision.outcome == PRECISION_LOSS and adam.precision.declared
+    assert "hyperparameters passed to the kernels as float32" in adam.precision.cause and adam.precision.max_rel_error > 1e-7
+    forloop = _run(catalog, "adam", "torch", "forloop", "float64", {"lr": 0.0123}, [0.5, 1.0], [[0.3, 1.0]] * 6)
+    assert forloop.precision.outcome == EXACT
+    hp = {"lr": 0.0123, "momentum": 0.5, "centered": True}
+    rms = _run(catalog, "rmsprop", "torch", "differentiable", "float64", hp, [0.5, 1.0], [[0.3, 1.0], [-1.0, 2.0]] * 3)
+    ref = _run(catalog, "rmsprop", "torch", "forloop", "float64", hp, [0.5, 1.0], [[0.3, 1.0], [-1.0, 2.0]] * 3)
+    assert rms.precision.outcome == EXACT
+    np.testing.assert_array_equal(rms.observed.params, ref.observed.params)
