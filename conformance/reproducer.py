@@ -67,7 +67,7 @@ def script(spec: Spec, record: dict[str, Any], *, version: str = "") -> str | No
     if "case" not in record:
         return None
     from .cross import SEP
-    from .runner import build_request
+    from .runner import build_request, stored_inputs
 
     module = script_module(record["framework"])
     if module is None:
@@ -90,7 +90,8 @@ def script(spec: Spec, record: dict[str, Any], *, version: str = "") -> str | No
                 if value == "dense":
                     side = replace(side, sparse_rows=None, sparse_values=None)
             sides.append((f"run_{'ab'[i]}", side))
-    requests = [(name, build_request(spec, spec.mode(record["framework"], c.mode), c)) for name, c in sides]
+    # (the framework gets the hyperparameters as the run gave them: as it stores them)
+    requests = [(name, build_request(spec, m, stored_inputs(spec, m, c))) for name, c in sides for m in [spec.mode(record["framework"], c.mode)]]
     refs = references(spec, dict(record, first_side=None), case)  # (a cross cell: the references, not its first side)
     header = _docstring(spec, record, requests, refs, version)
     body = [header, "import numpy as np"]
