@@ -21,7 +21,6 @@ before batching), for the ratio between the two.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from conformance.catalog import load_catalog
 from conformance.compare import reference, tolerance_for
 from conformance.dtypes import round_to
 from conformance.kernel import run_case
+from kernel_adam import best_of  # (this folder: the same best-of-N timer)
 
 
 def cases() -> list[tuple[str, Case]]:
@@ -53,15 +53,6 @@ def cases() -> list[tuple[str, Case]]:
                       hyperparameters={"lr": 1e-2}, sparse_rows=tuple(rows), sparse_values=values)
         out.append((f"adagrad sparse {dtype}", sparse))
     return out
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
