@@ -179,3 +179,29 @@ def test_a_fixed_case_whose_inputs_overflow_the_dtype_is_not_run_there(catalog):
     assert retarget(case, Cell("rmsprop", "torch", "forloop", "cpu", "float16")) is None
     for dtype in ("bfloat16", "float32", "float64"):
         assert retarget(case, Cell("rmsprop", "torch", "forloop", "cpu", dtype)).dtype == dtype
+
+
+def test_explore_saves_each_counterexample_as_a_case_file_a_spec_pins(tmp_path, capsys):
+    """`conformance explore` (random seed, profile dev) saves each failing
+    cell's shrunk case; pinned in the spec's `cases:`, it runs first in every
+    later run, derandomized ones included."""
+    from conformance.cli import main
+
+    text = (builtin_spec_dir() / "adam.yaml").read_text()
+    text = re.sub(r"(?m)^cases: \[.*\]$", "cases: []", text.replace("- m = beta1 * m + (1 - beta1) * g", "- m = beta2 * m + (1 - beta2) * g"))
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "myadam.yaml").write_text(text)
+    found = specs / "found"
+    argv = ["--specs", str(specs), "--rules", "myadam", "--frameworks", "torch", "--modes", "forloop", "--dtypes", "float64",
+            "--gradients", "dense", "--examples", "10", "--jobs", "1", "--isolation", "inprocess", "--no-progress"]
+    assert main(["explore", *argv, "--out", str(tmp_path / "run"), "--save-cases", str(found)]) == 1
+    out = capsys.readouterr().out
+    assert "explore: 1 counterexample(s), seed " in out and "profile dev" in out
+    [case_file] = found.glob("*.json")
+    assert json.loads(case_file.read_text())["rule"] == "myadam"
+    # pinned: the spec's cases list names it, and a ci-profile run replays it first
+    (specs / "myadam.yaml").write_text(text.replace("cases: []", f"cases: [found/{case_file.name}]"))
+    assert main(["run", *argv, "--examples", "0", "--out", str(tmp_path / "pinned")]) == 1
+    records = [json.loads(line) for f in (tmp_path / "pinned").glob("results*.jsonl") for line in f.read_text().splitlines()]
+    assert [r["kind"] for r in records if "outcome" in r][0] == "fixed" and records[0]["outcome"] == "diverges"
