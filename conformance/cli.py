@@ -139,16 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_data(catalog: Catalog) -> dict[str, Any]:
+    from .registry import package_versions, worker_package_versions, worker_python
+
     frameworks = {}
     for name in FRAMEWORKS:
         a = availability(name)
-        frameworks[name] = {
+        info = {
             "installed": a.installed,
             "version": a.version,
+            "versions": package_versions(name) if a.installed else {},
             "adapter": a.adapter,
             "runnable": a.installed and a.adapter,
             "reason": a.reason,
+            "python": None,
         }
+        if not a.installed:
+            # found as `conformance run` finds it: a worker environment of its own
+            python = worker_python(name)
+            versions = worker_package_versions(name, python) if python else None
+            if versions is not None:
+                info.update(runnable=a.adapter, reason=None, python=python, versions=versions)
+            elif python:
+                info["reason"] = f"its worker environment {python} does not import {FRAMEWORKS[name].module} (rebuild it: conformance setup-worker {name})"
+        frameworks[name] = info
     rules = {}
     for spec in catalog:
         rules[spec.rule] = {
@@ -288,7 +301,8 @@ def cmd_list(args: argparse.Namespace, catalog: Catalog) -> int:
     print("Frameworks:")
     for name, f in data["frameworks"].items():
         if f["runnable"]:
-            status = f"available ({f['version']})"
+            versions = ", ".join(f"{k} {v}" for k, v in f["versions"].items()) or f["version"]
+            status = f"available ({versions})" + (f" in its worker environment {f['python']}" if f.get("python") else "")
         else:
             status = f"not available: {f['reason']}" + (f" [installed {f['version']}]" if f["version"] else "")
         print(f"  {name:<11} {status}")

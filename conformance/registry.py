@@ -28,6 +28,8 @@ class FrameworkEntry:
     worker_requirements: tuple[str, ...] = ()
     #: module that writes a standalone reproducer's framework part (no framework import)
     script: str | None = None
+    #: the packages whose versions describe it, each "dist" or "dist|alternative dist"
+    packages: tuple[str, ...] = ()
 
 
 FRAMEWORKS: dict[str, FrameworkEntry] = {
@@ -35,7 +37,7 @@ FRAMEWORKS: dict[str, FrameworkEntry] = {
     for entry in (
         FrameworkEntry(
             "torch", "conformance.adapters.torch", "torch", ("torch",), "PyTorch", ("cpu", "cuda"),
-            script="conformance.adapters.torch_script",
+            script="conformance.adapters.torch_script", packages=("torch",),
         ),
         FrameworkEntry(
             "tensorflow",
@@ -44,12 +46,17 @@ FRAMEWORKS: dict[str, FrameworkEntry] = {
             ("tensorflow-cpu", "tensorflow"),
             "TensorFlow / Keras",
             script="conformance.adapters.tensorflow_script",
+            packages=("tensorflow-cpu|tensorflow", "keras"),
         ),
-        FrameworkEntry("jax", "conformance.adapters.jax", "optax", ("optax",), "JAX / Optax", script="conformance.adapters.jax_script"),
+        FrameworkEntry(
+            "jax", "conformance.adapters.jax", "optax", ("optax",), "JAX / Optax", script="conformance.adapters.jax_script",
+            packages=("jax", "jaxlib", "optax"),
+        ),
         # MXNet 1.9.1 (the last release) needs numpy < 1.24: its own worker environment
         FrameworkEntry(
             "mxnet", "conformance.adapters.mxnet", "mxnet", ("mxnet",), "MXNet",
             worker_requirements=("mxnet==1.9.1", "numpy<1.24"), script="conformance.adapters.mxnet_script",
+            packages=("mxnet", "numpy"),
         ),
     )
 }
@@ -95,6 +102,51 @@ def availability(name: str) -> Availability:
     elif not has_adapter:
         reason = f"no adapter module {e.adapter} in this version of optimizer-conformance"
     return Availability(name, installed, version, has_adapter, reason)
+
+
+def package_versions(name: str) -> dict[str, str]:
+    """Each of the framework's packages with its own version, in this Python
+    (`jax 0.10.2, jaxlib 0.10.2, optax 0.2.8`, not optax's version as JAX's)."""
+    out = {}
+    for spec in entry(name).packages:
+        for dist in spec.split("|"):
+            try:
+                out[dist] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def worker_package_versions(name: str, python: str) -> dict[str, str] | None:
+    """The framework's package versions in a worker environment (None: it does
+    not import there), asked of that interpreter."""
+    import json
+    import subprocess
+
+    e = entry(name)
+    probe = (
+        "import importlib.metadata as m, json\n"
+        f"import {e.module}\n"
+        "out = {}\n"
+        f"for spec in {list(e.packages)!r}:\n"
+        "    for d in spec.split('|'):\n"
+        "        try:\n"
+        "            out[d] = m.version(d); break\n"
+        "        except m.PackageNotFoundError:\n"
+        "            pass\n"
+        "print(json.dumps(out))"
+    )
+    try:
+        done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
 
 
 def worker_python(name: str, root: str | Path | None = None) -> str | None:

@@ -6,6 +6,7 @@ and the discovery of a framework's own worker environment.
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -205,3 +206,33 @@ def test_the_smallest_normal_value_where_the_framework_stores_it_is_not_judged(c
         assert (why is None) is judged, why
         if not judged:
             assert "the smallest normal number of float32" in why
+
+
+def test_list_shows_each_package_version_and_finds_worker_environments_as_run_does(tmp_path, monkeypatch):
+    """`conformance list` once showed Optax's version as JAX's, and MXNet as not
+    available while `run` used its .venv-mxnet (issue 17)."""
+    import importlib.metadata
+
+    from conformance.catalog import load_catalog
+    from conformance.cli import list_data
+
+    data = list_data(load_catalog())["frameworks"]
+    if data["jax"]["installed"]:
+        assert data["jax"]["versions"]["jax"] == importlib.metadata.version("jax")
+        assert data["jax"]["versions"]["optax"] == importlib.metadata.version("optax")
+    # a framework that is not importable here but has a worker environment is
+    # runnable through it, as `conformance run` finds it (CONFORMANCE_PYTHON_<NAME>)
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} -c 'import json; print(json.dumps({{\"mxnet\": \"9.9\"}}))'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CONFORMANCE_PYTHON_MXNET", str(fake))
+    mxnet = list_data(load_catalog())["frameworks"]["mxnet"]
+    if not mxnet["installed"]:
+        assert mxnet["runnable"] and mxnet["python"] == str(fake) and mxnet["versions"] == {"mxnet": "9.9"}
+    broken = tmp_path / "broken"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CONFORMANCE_PYTHON_MXNET", str(broken))
+    mxnet = list_data(load_catalog())["frameworks"]["mxnet"]
+    if not mxnet["installed"]:
+        assert not mxnet["runnable"] and "does not import mxnet" in mxnet["reason"]
