@@ -369,9 +369,18 @@ def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, 
     from .cross import execute_cross, is_cross, sides
     from .runner import Cell, execute
 
+    from dataclasses import replace as _replace
+
+    from .registry import entry
+
     spec = catalog.get(case.rule)
     if case.mode is None or case.device is None:
-        raise ValueError(f"a {case.framework} case needs \"mode\" and \"device\"")
+        # the framework's default path: the first mode its section lists (torch
+        # forloop, Keras eager, Optax eager, MXNet updater), on its first device (cpu)
+        modes = [m for (fw, m) in spec.modes if fw == case.framework]
+        if not modes:
+            raise ValueError(f"rule {case.rule} has no {case.framework} section")
+        case = _replace(case, mode=case.mode or modes[0], device=case.device or entry(case.framework).devices[0])
     kind = case.gradients or ("sparse" if case.sparse_rows is not None else "dense")
     cell = Cell(case.rule, case.framework, case.mode, case.device, case.dtype, kind)
     cross = is_cross(cell)
@@ -391,8 +400,10 @@ def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, 
             record = execute(spec, cell, case, host)
     finally:
         host.close()
+    from .runner import stored_inputs, trajectories_json
+
     mode = spec.mode(case.framework, first.mode)
-    ref = run_case(spec, case, variants=mode.expect)
+    ref = run_case(spec, stored_inputs(spec, mode, case), variants=mode.expect)
     out: dict[str, Any] = {
         "rule": case.rule,
         "framework": case.framework,
@@ -410,7 +421,17 @@ def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, 
         "max_rel_error": None,
         "max_ulp_error": None,
         "reference_trajectory": ref.to_json()["trajectory"],
+        "reference_state": ref.to_json()["state"],
+        # what the framework computed: its parameters and readable state slots after every step
+        "trajectory": None,
+        "state": None,
+        "failing": record.failing,
     }
+    if record.observed is not None:
+        observed = trajectories_json(record.observed)
+        out.update(trajectory=observed["params"], state=observed["state"])
+    if record.precision is not None:
+        out["precision"] = record.precision.to_json()
     if record.verdict is not None:
         v = record.verdict.to_json()
         e = v["against_expected"]
@@ -445,7 +466,7 @@ def cmd_replay(args: argparse.Namespace, catalog: Catalog) -> int:
             print(data["reason"])
             if data.get("detail"):
                 print(data["detail"])
-        return 1 if data["outcome"] in ("diverges", "crash") else 0
+        return 1 if data["failing"] else 0
     if args.json:
         print(json.dumps(data))
         return 0

@@ -158,8 +158,17 @@ def test_framework_replay_gives_the_outcome_and_errors(tmp_path, capsys):
     assert len(data["reference_trajectory"]) == data["steps"]
 
 
-def test_framework_replay_needs_mode_and_device(tmp_path, capsys):
+def test_framework_replay_without_mode_and_device_takes_the_framework_default_and_shows_its_values(tmp_path, capsys):
+    """A case may omit mode and device (the case format makes them optional):
+    replay takes the framework's default path (the spec section's first mode,
+    torch forloop) on its first device (cpu), and its JSON carries what the
+    framework computed beside the reference (issue 17)."""
+    pytest.importorskip("torch")
     path = tmp_path / "case.json"
     path.write_text(json.dumps(base_case(framework="torch")))
-    assert main(["replay", str(path), "--json"]) == 2
-    assert "needs" in capsys.readouterr().err
+    assert main(["replay", str(path), "--json", "--isolation", "inprocess"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["mode"], data["device"], data["outcome"]) == ("forloop", "cpu", "conforms")
+    assert len(data["trajectory"]) == len(data["reference_trajectory"]) == data["steps"]
+    np.testing.assert_allclose(data["trajectory"], data["reference_trajectory"], rtol=1e-12)
+    assert set(data["state"]) >= {"m", "v"} and data["precision"]["outcome"] == "exact"
