@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pip requirement(s) to install instead of the framework's own (repeatable), e.g. tensorflow-cpu==2.15.1 for a candidate or pinned version")
     p.add_argument("--dir", metavar="DIR", help="where to create it (default: .venv-FRAMEWORK, where runs look for it)")
     p.add_argument("--python", metavar="PYTHON", default=None, help="the interpreter to base it on (default: this one)")
+    p.add_argument("--no-deps", action="store_true",
+                   help="install the requirements without their own pins (old releases whose wheels pin an ancient numpy or"
+                        " graphviz), then numpy as the worker needs it (numpy<1.24 unless a -r names numpy)")
     p.set_defaults(func=cmd_setup_worker, specs=[])
 
     p = sub.add_parser("merge", help="merge result directories (shards, machines) into one summary and report")
@@ -596,9 +599,12 @@ def cmd_explore(args: argparse.Namespace, catalog: Catalog) -> int:
 
 
 def cmd_setup_worker(args: argparse.Namespace, catalog: Catalog) -> int:
-    """Create (or reuse) a virtual environment with the framework's worker requirements."""
+    """Create (or reuse) a virtual environment with the framework's worker
+    requirements, and numpy, which every worker needs; then start a real
+    worker in it to check that the environment works."""
     import subprocess
 
+    from .execution import WorkerHost
     from .registry import entry
 
     e = entry(args.framework)
@@ -607,26 +613,45 @@ def cmd_setup_worker(args: argparse.Namespace, catalog: Catalog) -> int:
         raise ValueError(f"{e.title} has no worker environment of its own; name what to install with --requirement, e.g. {e.module}==VERSION")
     if args.requirement and not args.dir:
         raise ValueError("--requirement builds a version of its own: name its directory with --dir")
+    names_numpy = any(r.split("=")[0].split("<")[0].split(">")[0].strip().lower() == "numpy" for r in requirements)
+    # the worker protocol and every adapter need numpy: a framework's own pins may not bring it
+    extra = [] if names_numpy else ["numpy<1.24" if args.no_deps else "numpy"]
     target = Path(args.dir or f".venv-{e.name}")
     python = target / "bin" / "python"
     probe = [str(python), "-c", f"import {e.module}, numpy; print({e.module}.__version__, numpy.__version__)"]
     wanted = target / "conformance-requirements.txt"  # what it was built with: rebuilt when that changes
+    built_with = requirements + extra + (["--no-deps"] if args.no_deps else [])
     if python.is_file() and subprocess.run(probe, capture_output=True).returncode == 0 and (
-        not wanted.is_file() or wanted.read_text(encoding="utf-8").split() == requirements
+        not wanted.is_file() or wanted.read_text(encoding="utf-8").split() in (built_with, requirements)
     ):
         print(f"{e.title} worker environment already set up: {python}")
         return 0
     base = args.python or sys.executable
-    print(f"creating {target} from {base} and installing {' '.join(requirements)}")
+    print(f"creating {target} from {base} and installing {' '.join(requirements + extra)}{' without their pins' if args.no_deps else ''}")
     subprocess.run([base, "-m", "venv", "--clear", str(target)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], check=True)
-    wanted.write_text("\n".join(requirements) + "\n", encoding="utf-8")
+    pip = [str(python), "-m", "pip", "install", "-q"]
+    if args.no_deps:
+        subprocess.run([*pip, "--no-deps", *requirements], check=True)
+        subprocess.run([*pip, *(extra or [r for r in requirements if r.lower().startswith("numpy")])], check=True)
+    else:
+        subprocess.run([*pip, *requirements, *extra], check=True)
+    wanted.write_text("\n".join(built_with) + "\n", encoding="utf-8")
     done = subprocess.run(probe, capture_output=True, text=True)
     if done.returncode != 0:
         print(done.stderr[-2000:], file=sys.stderr)
-        raise RuntimeError(f"{e.module} does not import in {target} after installing it")
-    print(f"{e.title} {done.stdout.strip()} ready: {python} (found by `conformance run` from this directory,"
-          f" or pass --python {e.name}={python})")
+        raise RuntimeError(f"{e.module} does not import in {target} after installing it"
+                           + ("" if args.no_deps else "; an old release whose wheel pins old dependencies may need --no-deps"))
+    host = WorkerHost(e.name, python=str(python))
+    try:
+        answer = host.describe()
+    finally:
+        host.close()
+    if answer.status != "ok":
+        print((answer.detail or "")[-2000:], file=sys.stderr)
+        raise RuntimeError(f"a {e.name} worker does not start in {target}: {answer.reason}")
+    versions = ", ".join(f"{k} {v}" for k, v in (answer.result.get("versions") or {}).items() if v)
+    print(f"{e.title} ready: {python} ({versions}; a worker started and answered); found by `conformance run` from this"
+          f" directory, or pass --python {e.name}={python}")
     return 0
 
 

@@ -236,3 +236,23 @@ def test_list_shows_each_package_version_and_finds_worker_environments_as_run_do
     mxnet = list_data(load_catalog())["frameworks"]["mxnet"]
     if not mxnet["installed"]:
         assert not mxnet["runnable"] and "does not import mxnet" in mxnet["reason"]
+
+
+def test_setup_worker_with_a_requirement_installs_numpy_and_starts_a_worker(tmp_path, capsys):
+    """`setup-worker torch -r torch==X` once installed torch without numpy
+    (torch does not require it; every worker does) and then failed (issue 17).
+    Now numpy comes with it, and a real worker must start and answer."""
+    pytest.importorskip("torch")
+    import torch
+
+    from conformance.cli import main
+
+    version = torch.__version__.split("+")[0]
+    target = tmp_path / "torch-worker"
+    assert main(["setup-worker", "torch", "-r", f"torch=={version}", "--dir", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "a worker started and answered" in out and f"torch {version}" in out
+    assert (target / "conformance-requirements.txt").read_text().split() == [f"torch=={version}", "numpy"]
+    # built once: a second call reuses it
+    assert main(["setup-worker", "torch", "-r", f"torch=={version}", "--dir", str(target)]) == 0
+    assert "already set up" in capsys.readouterr().out
