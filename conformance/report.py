@@ -229,7 +229,7 @@ def cell_detail(cell: dict[str, Any], catalog: Any) -> dict[str, Any]:
             spec = None
     keep = ("id", "rule", "framework", "mode", "device", "dtype", "gradients", "version", "env", "env_label", "bit_identical", "counts", "examples", "seconds",
             "matched_variants", "fingerprints", "known_issues", "stale", "unsupported_reasons", "crash_reasons", "skipped",
-            "worst_errors", "precision", "precision_counts", "precision_causes", "precision_undeclared", "precision_worst")
+            "worst_errors", "precision", "precision_counts", "precision_causes", "precision_undeclared", "precision_worst", "precision_unjudged")
     out = {k: cell.get(k) for k in keep}
     out["outcome"] = display_outcome(cell)
     out["variants"] = [_variant_doc(spec, v) for name in (cell.get("matched_variants") or {}) for v in name.split("+") if v != "canonical"]

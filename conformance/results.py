@@ -222,6 +222,8 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
                 "precision_causes": {},
                 "precision_undeclared": 0,
                 "precision_worst": None,
+                # elements the precision axis could not judge, and why (never silent)
+                "precision_unjudged": {},
                 "showcase": None,
                 "minimal": None,
                 "skipped": None,
@@ -306,6 +308,11 @@ def _precision_of(c: dict[str, Any], r: dict[str, Any]) -> None:
     if not p:
         return
     _bump(c["precision_counts"], p["outcome"])
+    if p.get("out_of_range"):
+        key = "the exact rule leaves the dtype's range"
+        c["precision_unjudged"][key] = c["precision_unjudged"].get(key, 0) + p["out_of_range"]
+    for why, n in (p.get("unjudged") or {}).items():
+        c["precision_unjudged"][why] = c["precision_unjudged"].get(why, 0) + n
     if p["outcome"] in FINDINGS:
         if p.get("declared", True):
             _bump(c["precision_causes"], f"{p['outcome']}: {p.get('cause') or 'no cause named'}")

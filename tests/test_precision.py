@@ -221,3 +221,16 @@ def test_torch_differentiable_adam_has_float32_bias_corrections_and_rmsprop_has_
     ref = _run(catalog, "rmsprop", "torch", "forloop", "float64", hp, [0.5, 1.0], [[0.3, 1.0], [-1.0, 2.0]] * 3)
     assert rms.precision.outcome == EXACT
     np.testing.assert_array_equal(rms.observed.params, ref.observed.params)
+
+
+def test_unjudged_elements_are_counted_with_their_reason_in_the_cell(tmp_path):
+    """No element is silently not judged: the cell sums each case's counts."""
+    import json
+
+    p = {"outcome": "nonfinite", "declared": True, "cause": "eps = 1e-08 rounds to 0.0 in float16", "out_of_range": 2,
+         "unjudged": {"subnormal intermediates": 6}}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results-main.jsonl").write_text("\n".join(json.dumps(_records(p)) for _ in range(2)) + "\n")
+    [cell] = summarize([run])["cells"]
+    assert cell["precision_unjudged"] == {"the exact rule leaves the dtype's range": 4, "subnormal intermediates": 12}

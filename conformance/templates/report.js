@@ -68,10 +68,10 @@
   function kv(pairs) {
     return el("div", {class: "kv"}, pairs.filter(p => p[1] !== null && p[1] !== undefined && p[1] !== "").map(([k, v]) => [el("div", {}, k), el("div", {}, v)]));
   }
-  function list(title, obj) {
+  function list(title, obj, unit = "case(s)") {
     const entries = Object.entries(obj || {});
     if (!entries.length) return null;
-    return el("div", {}, el("h3", {}, title), el("ul", {}, entries.map(([k, n]) => el("li", {}, `${n} case(s): `, el("span", {class: "mono"}, k)))));
+    return el("div", {}, el("h3", {}, title), el("ul", {}, entries.map(([k, n]) => el("li", {}, `${n} ${unit}: `, el("span", {class: "mono"}, k)))));
   }
   function download(name, text, type) {
     const url = URL.createObjectURL(new Blob([text], {type}));
@@ -203,6 +203,7 @@
       ["bit-identical", d.mode.includes("~") || d.device.includes("~") || (d.env || "").includes("~") ? `${d.bit_identical || 0} of ${d.examples} case(s)` : null], ["time", d.seconds ? d.seconds.toFixed(2) + " s" : null], ["worst error", d.worst_errors ? `${fmt(d.worst_errors.max_ulp_error)} ulp, ${fmt(d.worst_errors.margin)} of the bound` : null],
       ["precision", d.precision ? d.precision + (d.precision_undeclared ? ` (${d.precision_undeclared} UNDECLARED)` : "") + " — " + Object.entries(d.precision_counts || {}).map(([k, c]) => `${k} ${c}`).join(", ") : null]]));
     put(drill, list("Precision findings and their causes", d.precision_causes));
+    put(drill, list("Elements the precision axis could not judge (over all cases and steps)", d.precision_unjudged, "element(s)"));
     if (d.skipped) put(drill, el("p", {}, "not run: " + d.skipped));
     if (d.variants.length) put(drill, el("div", {}, el("h3", {}, "Follows"), el("ul", {}, d.variants.map(cite))));
     put(drill, list("Matched variants", d.matched_variants));
