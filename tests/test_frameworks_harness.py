@@ -75,7 +75,9 @@ def test_an_increment_below_the_normal_range_is_not_judged():
 
 def test_mode_pairs_join_only_modes_with_one_configuration(catalog):
     adam = catalog.get("adam")
-    assert mode_pairs(adam, "torch") == [("forloop", "fused")]  # foreach rounds scalars; sparse_adam is another optimizer
+    # foreach rounds scalars; sparse_adam is another optimizer; differentiable and
+    # capturable share one branch with float32 bias corrections (a pair of their own, on cuda)
+    assert mode_pairs(adam, "torch") == [("forloop", "fused"), ("differentiable", "capturable")]
     assert mode_pairs(adam, "tensorflow") == [("eager", "function"), ("eager", "xla")]  # not v1
     cells = {c.id for c in enumerate_cells(catalog, Selection(rules=("adam",), frameworks=("torch",), dtypes=("float32",)))}
     assert "adam[torch-forloop~fused-cpu-float32]" in cells and "adam[torch-fused-cpu~cuda-float32]" in cells
