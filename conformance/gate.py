@@ -12,6 +12,10 @@ same cases) under the candidate versions and `conformance gate` compares:
   (`precision-loss`, `nonfinite`, `stalled`: an upgrade that starts losing
   float64 precision), a changed default, and a cell that disappeared (a new
   crash is an outcome that got worse);
+- never compares the semantics or precision of a cell that crashed or did
+  not run on either side (it produced no values): only its outcome;
+- reports a declared known issue that no longer reproduces as "fixed in
+  <version>" (the spec's declaration is stale);
 - reports, without failing, improvements, new cells and changed numerics
   (the worst error moved by more than a factor of 2 and 1 ulp: a different
   rounding path, still within the tolerance).
@@ -223,11 +227,20 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
             add("worse", cid, b["outcome"], r["outcome"], why, True)
         elif rr < rb:
             add("better", cid, b["outcome"], r["outcome"], f"the outcome improved ({b['outcome']} -> {r['outcome']})", False)
+        # A side that crashed or did not run produced no values: its variants
+        # and precision are not compared, only its outcome (above).
+        produced = not {b["outcome"], r["outcome"]} & {"not run", "crash", "unsupported"}
         # (conforms <-> known-divergence changes the matched variants too)
-        if b["variants"] != r["variants"] and rr <= rb and "not run" not in (b["outcome"], r["outcome"]):
+        if b["variants"] != r["variants"] and rr <= rb and produced:
             add("semantics", cid, ", ".join(b["variants"]) or "canonical", ", ".join(r["variants"]) or "canonical",
                 "the variants the cases follow changed (the semantics changed)", True)
-        if "precision" in b and "precision" in r and "not run" not in (b["outcome"], r["outcome"]):
+        fixed = sorted(set(b.get("known_issues") or ()) - set(r.get("known_issues") or ()))
+        if fixed and produced:
+            version = r.get("version") or "the run's version"
+            for issue in fixed:
+                add("fixed", cid, "known issue", "no longer reproduces",
+                    f"fixed in {version}: the declared known issue no longer reproduces ({issue[:160]}); the spec's declaration is stale", False)
+        if "precision" in b and "precision" in r and produced:
             new = sorted(set(r["precision"]) - set(b["precision"]))
             gone = sorted(set(b["precision"]) - set(r["precision"]))
             if new or (r.get("precision_undeclared") and not b.get("precision_undeclared")):
@@ -276,7 +289,9 @@ def changelog(result: dict[str, Any]) -> str:
             f" ({side['bit_identical_cases']} of {side['cases']} case(s) bit-identical)"
         )
     failing = [e for e in result["entries"] if e["fails"]]
-    other = [e for e in result["entries"] if not e["fails"]]
+    # the real changes first: what improved or was fixed, then precision, new cells, numerics
+    order = {"better": 0, "fixed": 1, "precision": 2, "new": 3, "numerics": 4}
+    other = sorted((e for e in result["entries"] if not e["fails"]), key=lambda e: order.get(e["kind"], 5))
     for title, group in (("FAIL", failing), ("note", other)):
         for e in group:
             lines.append(f"{title} {e['kind']:<11} {e['cell']}: {e['before']} -> {e['after']} ({e['why']})")

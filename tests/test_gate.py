@@ -233,3 +233,24 @@ def test_recorded_tensorflow_upgrade_fails_on_sparse_cells_and_passes_on_dense_o
     out = capsys.readouterr().out
     assert "side by side: 1 cell(s) compared on identical cases: 1 bit-identical on every case" in out
     assert "gate: passed" in out
+
+
+def test_a_side_that_crashed_is_compared_by_outcome_only():
+    """Issue 17: a pinned side whose cells crashed (a dtype the old version
+    lacks) produced no values; the gate once failed it on 'semantics changed'."""
+    s, t = _summary(), _summary()
+    _cell(s, "rmsprop[torch-forloop-cpu-float32]").update(outcome="crash", matched_variants={})
+    result = compare(baseline(s), baseline(t))
+    assert result["passed"]
+    [e] = result["entries"]
+    assert (e["kind"], e["before"], e["after"]) == ("better", "crash", "known-divergence")
+
+
+def test_a_known_issue_that_stops_reproducing_is_fixed_in_the_new_version():
+    s, t = _summary(), _summary(torch_version="2.14.0")
+    _cell(s, "adam[torch-fused-cpu-float32]")["known_issues"] = {"fused SGD leaves float16 blocks unchanged": 3}
+    result = compare(baseline(s), baseline(t))
+    assert result["passed"]
+    [e] = [e for e in result["entries"] if e["kind"] == "fixed"]
+    assert e["cell"] == "adam[torch-fused-cpu-float32]" and "fixed in torch=2.14.0" in e["why"] and not e["fails"]
+    assert changelog(result).splitlines()[1].startswith("note fixed")
