@@ -497,6 +497,11 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
 
     options = Options.from_namespace(args)
     options.with_default_frameworks()
+    if options.shard is None:  # (the shards of a --jobs run were checked by their parent)
+        broken = _broken_workers(options)
+        if broken:
+            print(broken, file=sys.stderr)
+            return EXIT_USAGE
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{options.seed:08x}"[-9:]
     out = Path(args.out) if args.out else Path("reports") / run_id
     session = Session(catalog, options, out)
@@ -557,6 +562,33 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
             else:
                 print(f"replay {r.cell.id}: conformance replay {case_file} --json")
     return 1 if _failed(summary, options.fail_on) else 0
+
+
+def _broken_workers(options: Any) -> str | None:
+    """An environment that cannot start its worker is one clear error before
+    any cell runs: which interpreter, the tail of its stderr, how to rebuild it
+    (instead of every cell of that framework skipped as 'worker died')."""
+    from .execution import WorkerHost
+
+    selected = set(options.selection.frameworks or FRAMEWORKS)
+    envs = [(fw, python, "") for fw, python in options.pythons.items() if fw in selected]
+    envs += [(fw, python, " (--candidate)") for fw, python in options.candidates.items() if fw in selected]
+    problems = []
+    for fw, python, what in envs:
+        host = WorkerHost(fw, python=python)
+        try:
+            answer = host.describe()
+        finally:
+            host.close()
+        if answer.status != "ok":
+            tail = "\n".join("    " + line for line in (answer.detail or "").strip().splitlines()[-12:])
+            problems.append(
+                f"error: the {fw} worker environment{what} cannot start a worker: {python}\n  {answer.reason}"
+                + (f"\n  its stderr ends:\n{tail}" if tail else "")
+                + f"\n  rebuild it: conformance setup-worker {fw} --dir {Path(python).parent.parent}"
+                + (" -r REQUIREMENT..." if fw != "mxnet" else "")
+            )
+    return "\n".join(problems) or None
 
 
 def cmd_explore(args: argparse.Namespace, catalog: Catalog) -> int:

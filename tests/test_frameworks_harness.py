@@ -258,3 +258,21 @@ def test_setup_worker_with_a_requirement_installs_numpy_and_starts_a_worker(tmp_
     # built once: a second call reuses it
     assert main(["setup-worker", "torch", "-r", f"torch=={version}", "--dir", str(target)]) == 0
     assert "already set up" in capsys.readouterr().out
+
+
+def test_a_worker_environment_that_cannot_start_is_one_clear_error_before_any_cell(tmp_path, capsys):
+    """Issue 17: a broken pinned environment once made every cell 'skipped:
+    worker died' and the gate compare 'not run -> crash'."""
+    from conformance.cli import main
+
+    broken = tmp_path / "venv" / "bin" / "python"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("#!/bin/sh\necho 'ImportError: libmxnet.so: cannot open shared object file' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    out = tmp_path / "run"
+    assert main(["run", "--python", f"mxnet={broken}", "--frameworks", "mxnet", "--rules", "sgd", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"the mxnet worker environment cannot start a worker: {broken}" in err
+    assert "libmxnet.so: cannot open shared object file" in err
+    assert f"rebuild it: conformance setup-worker mxnet --dir {tmp_path / 'venv'}" in err
+    assert not out.exists()  # nothing ran
