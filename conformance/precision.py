@@ -27,7 +27,8 @@ Outcomes, worst first:
   dtype's range;
 - `stalled`: a parameter element that never moves, where the exact rule
   moves it and so does every run of the own-dtype rounding model (the
-  dtype's arithmetic alone would not keep it still);
+  dtype's arithmetic alone would not keep it still), and none of its
+  computation goes below the dtype's normal range;
 - `precision-loss`: beyond the bound elsewhere; its size in relative error,
   ulps and multiples of the bound;
 - `exact`: within it.
@@ -315,7 +316,11 @@ def _stalled(case: Case, obs: np.ndarray, ref: Reference) -> np.ndarray:
         still = np.all(obs == p0, axis=0)
         exact_moves = np.any(ref.values.params != p0, axis=0)
     moves = ref.moves if ref.moves is not None else np.zeros(p0.shape, dtype=bool)
-    return still & exact_moves & moves
+    # An element whose computation goes below the normal range is not judged
+    # (counted as unjudged): a framework that flushes subnormals to zero
+    # (TensorFlow on the CPU) keeps it still where numpy's arithmetic moves it.
+    subnormal = np.any(ref.taint, axis=0) if ref.taint is not None else np.zeros(p0.shape, dtype=bool)
+    return still & exact_moves & moves & ~subnormal.reshape(p0.shape)
 
 
 def _first_index(mask: np.ndarray) -> tuple[int, ...]:

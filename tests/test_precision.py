@@ -234,3 +234,14 @@ def test_unjudged_elements_are_counted_with_their_reason_in_the_cell(tmp_path):
     (run / "results-main.jsonl").write_text("\n".join(json.dumps(_records(p)) for _ in range(2)) + "\n")
     [cell] = summarize([run])["cells"]
     assert cell["precision_unjudged"] == {"the exact rule leaves the dtype's range": 4, "subnormal intermediates": 12}
+
+
+def test_a_move_below_the_normal_range_is_unjudged_not_stalled(catalog):
+    """TensorFlow flushes subnormals to zero on the CPU: a parameter whose
+    update is subnormal stays still where numpy's arithmetic moves it. That is
+    not judged (counted), never a `stalled` finding (a thorough run found it)."""
+    pytest.importorskip("tensorflow")
+    r = _run(catalog, "adagrad", "tensorflow", "eager", "float32", {"lr": 0.01}, [0.0, 0.5], [[1e-39, 0.1]] * 2)
+    assert r.observed.params[-1, 0] == 0.0  # the subnormal gradient was flushed: it never moved (numpy moves it by -3e-42)
+    p = r.precision
+    assert p.outcome != STALLED and p.unjudged.get("subnormal intermediates", 0) > 0
