@@ -30,6 +30,10 @@ class FrameworkEntry:
     script: str | None = None
     #: the packages whose versions describe it, each "dist" or "dist|alternative dist"
     packages: tuple[str, ...] = ()
+    #: the implementation paths its adapter selects by mode name; a spec mode of
+    #: another name must set its own optimizer or args (else a typo would
+    #: silently test the default path)
+    modes: tuple[str, ...] = ()
 
 
 FRAMEWORKS: dict[str, FrameworkEntry] = {
@@ -38,6 +42,7 @@ FRAMEWORKS: dict[str, FrameworkEntry] = {
         FrameworkEntry(
             "torch", "conformance.adapters.torch", "torch", ("torch",), "PyTorch", ("cpu", "cuda"),
             script="conformance.adapters.torch_script", packages=("torch",),
+            modes=("forloop", "foreach", "fused", "differentiable", "capturable"),
         ),
         FrameworkEntry(
             "tensorflow",
@@ -47,16 +52,17 @@ FRAMEWORKS: dict[str, FrameworkEntry] = {
             "TensorFlow / Keras",
             script="conformance.adapters.tensorflow_script",
             packages=("tensorflow-cpu|tensorflow", "keras"),
+            modes=("eager", "function", "xla", "v1", "legacy", "legacy_plain"),
         ),
         FrameworkEntry(
             "jax", "conformance.adapters.jax", "optax", ("optax",), "JAX / Optax", script="conformance.adapters.jax_script",
-            packages=("jax", "jaxlib", "optax"),
+            packages=("jax", "jaxlib", "optax"), modes=("eager", "jit"),
         ),
         # MXNet 1.9.1 (the last release) needs numpy < 1.24: its own worker environment
         FrameworkEntry(
             "mxnet", "conformance.adapters.mxnet", "mxnet", ("mxnet",), "MXNet",
             worker_requirements=("mxnet==1.9.1", "numpy<1.24"), script="conformance.adapters.mxnet_script",
-            packages=("mxnet", "numpy"),
+            packages=("mxnet", "numpy"), modes=("updater", "multi_precision"),
         ),
     )
 }

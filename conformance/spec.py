@@ -631,6 +631,13 @@ def _check_order(eqs: list[Equation], known: set[str], src: Located, path: KeyPa
 
 
 def _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, src, base, mpath, expr) -> ModeConfig:
+    known = FRAMEWORKS[fw].modes
+    if known and mode_name not in known and mm.optimizer is None and mm.args is None:
+        raise src.error(
+            mpath,
+            f"unknown mode {mode_name!r} for {fw}: its adapter selects {', '.join(known)} by name;"
+            " a mode of another name must set its own optimizer or args",
+        )
     args_src = mm.args if mm.args is not None else section.args
     args_path = mpath + ("args",) if mm.args is not None else base + ("args",)
     args: dict[str, Any] = {}

@@ -51,6 +51,8 @@ CASES = [
     ("bad-arg-expr", mutate("      dampening: dampening", "      dampening: damp"), "frameworks.torch.args.dampening", "dampening: damp", ["unknown name 'damp'"]),
     ("variant-reads-undefined", mutate("      - u = momentum * b - lr * g if nesterov else b", "      - u = momentum * b - lr * zz"), "variants.velocity_momentum.equations[1]", "lr * zz", ["unknown name 'zz'"]),
     ("assign-input", mutate("  - u = -lr * d", "  - lr = lr * 2\n  - u = -lr * d"), "step[3]", "lr = lr * 2", ["input of the step"]),
+    # a mode name the adapter does not select, with no optimizer or args of its own: a typo (issue 19)
+    ("unknown-mode", mutate("      forloop: {}", "      forlop: {}"), "frameworks.torch.modes.forlop", "forlop: {}", ["unknown mode 'forlop' for torch", "forloop, foreach"]),
     ("bad-when", mutate("      - when: nesterov and (momentum <= 0 or dampening != 0)", "      - when: nesterov and (momentum <= 0 or dampening !="), "frameworks.torch.unsupported[0].when", "dampening !=", ["syntax error"]),
 ]
 
