@@ -56,6 +56,12 @@ class _State:
     def session(self) -> Session:
         if self._session is None:
             self._session = Session(self.catalog, self.options, self.out, writer_name=self.worker_id)
+            if self.options.isolation == "inprocess":
+                # adapters load in this process: all of them before any cell draws a case
+                from .registry import availability
+                from .strategies import settle_local_constants
+
+                settle_local_constants(tuple(fw for fw in self.options.selection.frameworks or () if availability(fw).reason is None))
         return self._session
 
 

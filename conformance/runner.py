@@ -646,6 +646,7 @@ def run_cell(
     from .cross import execute_cross, is_cross, sides
 
     t0 = time.perf_counter()
+    strategies.settle_local_constants()  # (so that a seed draws the same cases whatever ran before)
     result = CellResult(cell, fail_on=frozenset(fail_on))
     cross = is_cross(cell)
     first = sides(cell)[0] if cross else cell

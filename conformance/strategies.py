@@ -41,6 +41,35 @@ from .dtypes import round_to
 from .spec import ModeConfig, Spec
 
 
+def settle_local_constants(adapters: tuple[str, ...] = ()) -> None:
+    """Load now every module of this package a run may load later (and the
+    in-process `adapters` named, e.g. "torch").
+
+    Hypothesis draws some values from constants it collects out of the local
+    (not site-packages) modules loaded in the process
+    (hypothesis/internal/conjecture/providers.py `_get_local_constants`). An
+    editable install makes this package local, so which of its modules a
+    pytest-xdist worker happened to import before a cell would decide the
+    cell's cases: measured, loading four more modules changed every drawn
+    case of a seeded cell. With all of them loaded first, a derandomized
+    profile draws the same cases every run.
+    """
+    import importlib
+    import pkgutil
+
+    from . import __path__ as package_path
+    from .registry import FRAMEWORKS
+
+    for info in pkgutil.iter_modules(package_path):
+        if info.name not in ("__main__", "adapters"):
+            importlib.import_module(f"{__package__}.{info.name}")
+    for entry in FRAMEWORKS.values():
+        if entry.script:
+            importlib.import_module(entry.script)
+    for name in adapters:
+        importlib.import_module(FRAMEWORKS[name].adapter)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_steps: int = 20
