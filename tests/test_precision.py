@@ -245,3 +245,17 @@ def test_a_move_below_the_normal_range_is_unjudged_not_stalled(catalog):
     assert r.observed.params[-1, 0] == 0.0  # the subnormal gradient was flushed: it never moved (numpy moves it by -3e-42)
     p = r.precision
     assert p.outcome != STALLED and p.unjudged.get("subnormal intermediates", 0) > 0
+
+
+def test_torch_differentiable_float16_adam_overflows_its_folded_denominator_and_stalls(catalog):
+    """Found by CI: torch's differentiable (and capturable) Adam divides sqrt(v)
+    by sqrt(bias_correction2) * step_size, which overflows float16 once
+    sqrt(v_hat)/lr passes 65504: the parameter does not move. Declared as the
+    precision variant folded_step_size; reported as a declared `stalled`."""
+    pytest.importorskip("torch")
+    hp = {"lr": 0.001, "beta1": 0.0, "beta2": 0.5, "eps": 1e-08}
+    r = _run(catalog, "adam", "torch", "differentiable", "float16", hp, [0.0], [[100.0]])
+    assert r.observed.params[0, 0] == 0.0 and not r.failing
+    assert r.precision.outcome == STALLED and r.precision.declared and "variant folded_step_size" in r.precision.cause
+    forloop = _run(catalog, "adam", "torch", "forloop", "float16", hp, [0.0], [[100.0]])
+    assert forloop.observed.params[0, 0] == pytest.approx(-0.001, rel=1e-2) and forloop.precision.outcome == EXACT
