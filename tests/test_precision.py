@@ -259,3 +259,18 @@ def test_torch_differentiable_float16_adam_overflows_its_folded_denominator_and_
     assert r.precision.outcome == STALLED and r.precision.declared and "variant folded_step_size" in r.precision.cause
     forloop = _run(catalog, "adam", "torch", "forloop", "float16", hp, [0.0], [[100.0]])
     assert forloop.observed.params[0, 0] == pytest.approx(-0.001, rel=1e-2) and forloop.precision.outcome == EXACT
+
+
+@pytest.mark.parametrize("name", ["adam_torch-differentiable-cpu-float16", "adam_torch-differentiable-cpu-float64", "adamw_torch-differentiable-cpu-float16"])
+def test_thorough_run_counterexamples_of_torch_differentiable_adam_follow_folded_step_size(catalog, name):
+    """A thorough run (profile thorough, seed 3358134322) found three cases where
+    torch's differentiable Adam/AdamW followed no declared rule: its folded
+    denominator overflows float16, and its bias corrections come from betas
+    rounded to float32 (beta ** step with a float32 step tensor). The variant
+    folded_step_size now declares both; each shrunk case follows it."""
+    pytest.importorskip("torch")
+    case = Case.load(Path(__file__).parent / "data" / "precision" / f"{name}.json")
+    spec = catalog.get(case.rule)
+    r = execute(spec, Cell(case.rule, "torch", case.mode, "cpu", case.dtype), case, InProcessHost("torch"))
+    assert not r.failing, r.reason
+    assert r.verdict.expected == ("folded_step_size",) and r.precision.declared

@@ -34,14 +34,8 @@ def test_every_variant_differs_from_canonical_somewhere(catalog):
         # every row's gradient given as two equal halves (slice_sq = g*g/2), for per_slice_square
         halves = SliceTerms(tuple(g * g / 2 for g in GRADS))
         canonical = run(spec, hp, P0, GRADS, sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3, slice_terms=halves)
-        for name, variant in spec.variants.items():
+        for name in spec.variants:
             got = run(spec, hp, P0, GRADS, variants=[name], sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3, slice_terms=halves)
-            if variant.precision and not variant.equations[0][1].source.count("in_dtype"):
-                # a precision variant may be the canonical rule in another order
-                # (torch's folded_step_size): the same in exact arithmetic,
-                # apart only where the case dtype's rounding shows it
-                np.testing.assert_allclose(got.params, canonical.params, rtol=1e-12, err_msg=f"{spec.rule} {name}")
-                continue
             assert not np.allclose(got.params, canonical.params, rtol=1e-9, atol=0), (spec.rule, name)
 
 
