@@ -30,6 +30,17 @@ def round_to(values, name: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).astype(numpy_dtype(name)).astype(np.float64)
 
 
+def round_through(value: float, stages, dtype: str) -> float:
+    """`value` rounded through successive formats, as a framework stores a
+    hyperparameter (`input_dtypes`: [float32, tensor] is a Python float made a
+    float32 tensor, then cast to the parameter's `dtype`)."""
+    x = float(value)
+    with np.errstate(over="ignore"):
+        for stage in stages:
+            x = float(round_to(np.float64(x), dtype if stage == "tensor" else stage))
+    return x
+
+
 #: Precision in bits (with the implicit bit) and the smallest normal exponent
 #: of each format: what `ulp` and the rounding model need.
 PRECISION: dict[str, tuple[int, int]] = {

@@ -54,11 +54,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from .case import Case
 from .compare import Reference, Tolerance, Trajectories, _num, compare, element_errors, reference, tolerance_for
-from .dtypes import PRECISION, numpy_dtype, round_to, ulp
+from .dtypes import PRECISION, numpy_dtype, round_through, round_to, ulp
 from .kernel import run as kernel_run, run_case
 from .spec import ModeConfig, Spec
 
@@ -201,13 +202,7 @@ def _degenerates(v: float, r: float) -> bool:
 
 
 def _stored(value: Any, stages: Sequence[str], dtype: str) -> Any:
-    if not _numeric(value):
-        return value
-    x = float(value)
-    with np.errstate(over="ignore"):
-        for stage in stages:
-            x = float(round_to(np.float64(x), dtype if stage == "tensor" else stage))
-    return x
+    return round_through(value, stages, dtype) if _numeric(value) else value
 
 
 def _numeric(v: Any) -> bool:
@@ -250,7 +245,7 @@ def judge(
     variants = exact_variants(spec, expected)
     ref = ref_of(case, variants, "float64")
     dtype = case.dtype
-    big = float(np.finfo(numpy_dtype(dtype)).max) if dtype != "bfloat16" else 3.3895313892515355e38
+    big = float(ml_dtypes.finfo(numpy_dtype(dtype)).max)
     slots = [("p", observed.params, ref.values.params, ref.bound.params)]
     slots += [(k, observed.state[k], ref.values.state[k], ref.bound.state[k]) for k in observed.state if k in ref.values.state]
     taint = ref.taint if ref.taint is not None else np.zeros(ref.values.params.shape, dtype=bool)

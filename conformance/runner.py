@@ -25,7 +25,7 @@ from .catalog import Catalog
 from . import precision
 from .compare import CONFORMS, CRASH, FAILING, KNOWN, OUTCOMES, UNSUPPORTED, Reference, Trajectories, Verdict, _num, classify, reference, tolerance_for
 from .precision import PRECISION_OUTCOMES, PrecisionVerdict
-from .dtypes import DTYPES, PRECISION, round_to
+from .dtypes import DTYPES, PRECISION, round_through, round_to
 from .registry import FRAMEWORKS
 from .spec import ModeConfig, Spec
 
@@ -390,18 +390,13 @@ def stored_inputs(spec: Spec, mode: ModeConfig, case: Case) -> Case:
     hp = spec.resolve(case.hyperparameters)
     given = dict(case.hyperparameters)
     schedule = case.lr_schedule
-    def stored(x: float, stages: tuple[str, ...]) -> float:
-        for stage in stages:
-            x = float(round_to(np.float64(x), case.dtype if stage == "tensor" else stage))
-        return x
-
     for name, stages in mode.input_dtypes:
         value = hp.get(name)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating)):
             continue
-        given[name] = stored(value, stages)
+        given[name] = round_through(value, stages, case.dtype)
         if name == "lr" and schedule is not None:
-            schedule = tuple(stored(x, stages) for x in schedule)
+            schedule = tuple(round_through(x, stages, case.dtype) for x in schedule)
     if given == case.hyperparameters and schedule == case.lr_schedule:
         return case
     return replace(case, hyperparameters=given, lr_schedule=schedule)

@@ -310,8 +310,6 @@ class SampledRounding(Rounding):
     def bind(self, shape: tuple[int, ...]) -> None:
         self._ndim = len(shape) + 1
         self._lead = (self.samples,) + (1,) * len(shape)
-        self._u_col = self._unsigned.reshape(self._lead)
-        self._s_col = self._signed.reshape(self._lead)
         self._plain_col = (self._unsigned + self._signed).reshape(self._lead)
         self._by_dtype: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -330,11 +328,6 @@ class SampledRounding(Rounding):
             return shape
         return np.broadcast_shapes(self._lead, shape)
 
-    def _array_r(self, x: np.ndarray) -> Any:
-        r = self._u_col + self._s_col * np.sign(x)
-        noise = self._noise(self._full(x.shape))
-        return r if noise is None else r + noise
-
     def _plain_r(self, shape: tuple[int, ...] | None) -> Any:
         noise = self._noise(self._lead if shape is None else self._full(shape))
         return self._plain_col if noise is None else self._plain_col + noise
@@ -351,7 +344,7 @@ class SampledRounding(Rounding):
         return f
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        # Rounding.__call__ with _array_r in fewer array operations (the hot
+        # Rounding.__call__ (with _array_r's jitter) in fewer array operations (the hot
         # loop of every judgement): the factor 1 + u*(d + s*sign(x)) from
         # precomputed columns, the random rows' jitter added in place.
         fu, fs = self._factors(x.dtype)
