@@ -19,7 +19,9 @@ from . import __version__
 from .catalog import Catalog, load_catalog, spec_files
 from .registry import FRAMEWORKS, REFERENCE, availability
 from .spec import load_spec
+from .progress import FILE as PROGRESS_FILE, Counter, Display, watch
 from .session import add_options, discover_pythons, parse_pythons
+from .terminal import failing_cells, print_answer, print_cells, print_sparse
 from .yamlsource import SourceError
 
 EXIT_USAGE = 2
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p.add_argument)
     p.add_argument("--out", metavar="DIR", help="results directory (default: reports/<run-id>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="also list every cell and the long semantics, sparse, defaults and precision tables")
     p.add_argument(
         "--jobs",
         type=int,
@@ -118,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="merge result directories (shards, machines) into one summary and report")
     p.add_argument("dirs", nargs="+", metavar="RESULTS_DIR")
     p.add_argument("-o", "--out", required=True, metavar="DIR")
+    p.add_argument("--verbose", action="store_true", help="also list every cell and the long tables")
     p.set_defaults(func=cmd_merge, specs=[])
 
     p = sub.add_parser("baseline", help="record a run's cells (version, outcome, variants, worst error) and defaults as a baseline")
@@ -258,28 +262,6 @@ def _newest_run(root: Path) -> Path | None:
     return max(runs, key=lambda p: (p / "summary.json").stat().st_mtime) if runs else None
 
 
-def print_sparse(rows: list[dict[str, Any]], source: str | None) -> None:
-    print(
-        "Sparse gradients (rule framework/mode: measured [declared]; cases: how many showed dense, lazy,"
-        " or could not tell; sparse~dense: the same gradient given sparse and dense)"
-        + (f", from {source}:" if source else "; no run measured them yet (`conformance run --gradients sparse,sparse~dense`):")
-    )
-    for r in rows:
-        declared = r["declared"] + ("+" + "+".join(r["sparse_expect"]) if r.get("sparse_expect") else "")
-        measured = r["measured"] or ("unsupported (declared; not run)" if r["declared"] == "unsupported" else "not measured")
-        said = f" [declared {declared}]"
-        if r["measured"] in (r["declared"], "indistinguishable", "known issue") and not r.get("sparse_expect") or r["declared"] == "?":
-            said = ""
-        if r["measured"] == "unsupported" or (r["measured"] is None and r["declared"] == "unsupported"):
-            said, detail = "", f": {r.get('reason') or ''}"
-        else:
-            cases = ", ".join(f"{k} {v}" for k, v in sorted((r.get("cases") or {}).items()))
-            o = r.get("oracle") or {}
-            oracle = ""
-            if any(o.values()):
-                oracle = f"; sparse~dense: same {o.get('same', 0)} (bit-identical {o.get('bit_identical', 0)}), differs {o.get('differs', 0)}, diverges {o.get('diverges', 0)}"
-            detail = f" (cases: {cases}{oracle})" if cases or oracle else ""
-        print(f"  {r['rule']:<9} {r['framework'] + '/' + r['mode']:<22} {measured}{said}{detail}")
 
 
 def cmd_list(args: argparse.Namespace, catalog: Catalog) -> int:
@@ -492,7 +474,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
 
     from .cross import is_cross
     from .report import write_report
-    from .results import write_summary
+    from .results import clear_run, write_summary
     from .session import Options, Session
 
     options = Options.from_namespace(args)
@@ -504,6 +486,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
             return EXIT_USAGE
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{options.seed:08x}"[-9:]
     out = Path(args.out) if args.out else Path("reports") / run_id
+    clear_run(out)  # a run into an earlier run's directory reports itself only
     session = Session(catalog, options, out)
     cells = session.cells()
     if not cells and options.shard is None:
@@ -525,27 +508,24 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
             print(f"  {fw}: {json.dumps(info.get('versions'))} via {info.get('isolation')} {info.get('python')}; devices: {devices}")
         else:
             print(f"  {fw}: not available: {info.get('reason')}")
-    from tqdm import tqdm
-
+    display = Display(len(cells), enabled=not args.no_progress)
+    counter = Counter(len(cells), path=out / PROGRESS_FILE if options.shard is not None else None, on_change=display.show)
+    session.on_record = counter.case
     failed = []
-    bar = tqdm(cells, unit="cell", disable=True if args.no_progress else None, file=sys.stderr)
+    t0 = time.perf_counter()
     try:
-        for cell in bar:
-            bar.set_description(cell.id)
+        for cell in cells:
+            counter.start(cell.id)
             result = session.run_cell(cell)
+            counter.done(cell.id, result.failed)
             if result.failed:
                 failed.append(result)
-                bar.write(f"FAIL {cell.id}: {result.outcome}: {(result.minimal.reason if result.minimal else result.error) or ''}")
     finally:
-        bar.close()
+        display.close()
         session.close()
     summary = write_summary(out)
     # (a shard of a `--jobs` run leaves the report to the merge)
-    report = write_report(out, summary, catalog) if options.shard is None or args.jobs != 1 else "written by the merge"
-    _print_cells(summary)
-    _print_semantics(summary)
-    _print_precision(summary)
-    print(f"summary: {out / 'summary.json'}; report: {report}")
+    replays = {}
     for r in failed:
         if r.minimal is not None and r.minimal.case is not None:
             case_file = out / f"minimal-{_safe(r.cell.id)}.json"
@@ -555,13 +535,24 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
 
                 minimal = replace(minimal, mode=r.cell.mode, device=r.cell.device, gradients=r.cell.gradients if "~" in r.cell.gradients else None)
             case_file.write_text(minimal.to_json(indent=1), encoding="utf-8")
-            if r.cell.env:  # the candidate's side replays under its interpreter
-                candidate = options.candidates.get(r.cell.framework)
-                print(f"replay {r.cell.id}: conformance replay {case_file} --json --python {r.cell.framework}={candidate}"
-                      + (" (and without --python for the pinned side)" if "~" in r.cell.env else ""))
-            else:
-                print(f"replay {r.cell.id}: conformance replay {case_file} --json")
-    return 1 if _failed(summary, options.fail_on) else 0
+            replays[r.cell.id] = _replay_command(r.cell.framework, r.cell.env, case_file, options)
+    if options.shard is not None and args.jobs == 1:  # a shard of a `--jobs` run leaves the report to the merge
+        print_cells(summary)
+        print(f"summary: {out / 'summary.json'} (the report is written by the merge)")
+        return 1 if failing_cells(summary, options.fail_on) else 0
+    report = write_report(out, summary, catalog)
+    print_answer(summary, report=report, replays=replays, fail_on=options.fail_on, wall=time.perf_counter() - t0, verbose=getattr(args, "verbose", False))
+    print(f"summary: {out / 'summary.json'}")
+    return 1 if failing_cells(summary, options.fail_on) else 0
+
+
+def _replay_command(framework: str, env: str, case_file: Path, options: Any) -> str:
+    """How to replay a failing cell's minimal case (a candidate's side under its interpreter)."""
+    if not env:
+        return f"conformance replay {case_file} --json"
+    candidate = options.candidates.get(framework)
+    return (f"conformance replay {case_file} --json --python {framework}={candidate}"
+            + (" (and without --python for the pinned side)" if "~" in env else ""))
 
 
 def _broken_workers(options: Any) -> str | None:
@@ -705,7 +696,7 @@ def _run_jobs(args: argparse.Namespace, options: Any, out: Path, run_id: str, jo
             if "=" not in a:
                 next(it, None)
             continue
-        if a == "--no-progress":
+        if a in ("--no-progress", "--verbose"):
             continue
         child_args.append(a)
     out.mkdir(parents=True, exist_ok=True)
@@ -717,88 +708,39 @@ def _run_jobs(args: argparse.Namespace, options: Any, out: Path, run_id: str, jo
         cmd = [sys.executable, "-m", "conformance", "run", *child_args, "--seed", str(options.seed), "--shard", f"{k}/{jobs}", "--out", str(shard_dir), "--no-progress", "--jobs", "1"]
         log = open(out / f"shard-{k}-of-{jobs}.log", "w", encoding="utf-8")
         procs.append((k, shard_dir, log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+    display = Display(n_cells, enabled=not args.no_progress)
+    try:
+        watch([d for _, d, _, _ in procs], lambda: any(p.poll() is None for *_, p in procs), display)
+    finally:
+        display.close()
     codes = {}
     for k, shard_dir, log, proc in procs:
         codes[k] = proc.wait()
         log.close()
-        print(f"  shard {k}/{jobs}: exit {codes[k]} after {time.perf_counter() - t0:.0f} s (log: {out / f'shard-{k}-of-{jobs}.log'})")
+        if codes[k] not in (0, 1):
+            print(f"  shard {k}/{jobs}: exit {codes[k]} after {time.perf_counter() - t0:.0f} s (log: {out / f'shard-{k}-of-{jobs}.log'})")
     summary = write_summary(out)  # reads the shard-*/ directories
     report = write_report(out, summary, load_catalog(args.specs))
-    _print_cells(summary)
-    _print_semantics(summary)
-    _print_precision(summary)
-    print(f"summary: {out / 'summary.json'}; report: {report}; wall time {time.perf_counter() - t0:.0f} s")
+    by_env = {c["id"]: c for c in summary["cells"]}
+    replays = {}
     for _, shard_dir, _, _ in procs:
-        for case_file in sorted(shard_dir.glob("minimal-*.json")):
-            print(f"replay: conformance replay {case_file} --json")
+        for cid, c in by_env.items():
+            case_file = shard_dir / f"minimal-{_safe(cid)}.json"
+            if case_file.exists():
+                replays[cid] = _replay_command(c["framework"], c.get("env") or "", case_file, options)
+    print_answer(summary, report=report, replays=replays, fail_on=options.fail_on, wall=time.perf_counter() - t0, verbose=getattr(args, "verbose", False))
+    print(f"summary: {out / 'summary.json'}; shard logs: {out}/shard-*-of-{jobs}.log")
     broken = [k for k, c in codes.items() if c not in (0, 1)]
     if broken:
         print(f"error: shard(s) {', '.join(map(str, broken))} ended abnormally; see their logs", file=sys.stderr)
         return 2
-    return 1 if _failed(summary, options.fail_on) else 0
-
-
-def _print_semantics(summary: dict[str, Any]) -> None:
-    sparse = [r for r in summary.get("sparse") or [] if r["measured"] != "unsupported"]
-    if sparse:
-        print_sparse(
-            [dict(r, declared=r["declared"] or "?", sparse_expect=[]) for r in sparse], "this run"
-        )
-    rows = summary.get("semantics") or []
-    if rows:
-        print("semantics (rule framework/mode: what the cases showed; the spec's declaration in brackets when it differs):")
-        for r in rows:
-            said = "" if r["measured"] == r["expected"] else f" [declared {r['expected']}]"
-            told = ", shown by " + ", ".join(f"{v} {n}" for v, n in r["evidence"].items()) + " case(s)" if r["evidence"] else ""
-            print(f"  {r['rule']:<9} {r['framework'] + '/' + r['mode']:<22} {r['measured']}{said}{told}")
-    differs = [d for d in summary.get("defaults") or [] if d.get("differs")]
-    if differs:
-        print("defaults that differ from the canonical ones (introspected; `conformance list --defaults` shows all):")
-        for d in differs:
-            print(f"  {d['rule']:<9} {d['framework'] + '/' + d['mode']:<22} {d['hyperparameter']}: {d['framework_default']} (canonical {d['canonical_default']}; {d['optimizer']} {d['argument']})")
-
-
-def _failed(summary: dict[str, Any], fail_on: Any = ()) -> list[str]:
-    """The failing cells: the summary's, and those `--fail-on` adds."""
-    from .results import cell_fails
-
-    return sorted(set(summary["failed"]) | {c["id"] for c in summary["cells"] if cell_fails(c, fail_on)})
-
-
-def _print_precision(summary: dict[str, Any]) -> None:
-    rows = [r for r in summary.get("precision") or [] if r["measured"] != "exact" or r["undeclared"]]
-    judged = summary.get("precision") or []
-    if not judged:
-        return
-    print(f"precision (against the exact rule, beyond what rounding in the case's own dtype explains;"
-          f" {len(judged) - len(rows)} rule/framework/mode/dtype row(s) exact):")
-    for r in rows:
-        counts = ", ".join(f"{k} {v}" for k, v in r["counts"].items())
-        size = f", up to {float(r['max_rel_error']):.2g} relative" if r.get("max_rel_error") not in (None, 0, 0.0) else ""
-        flag = f" UNDECLARED {r['undeclared']}" if r["undeclared"] else ""
-        cause = max(r["causes"], key=r["causes"].get) if r["causes"] else ""
-        print(f"  {r['rule']:<9} {r['framework'] + '/' + r['mode']:<22} {r['dtype']:<9} {r['measured']}{flag} ({counts}{size})")
-        if cause:
-            print(f"      {cause[:300]}")
+    return 1 if failing_cells(summary, options.fail_on) else 0
 
 
 def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
-def _print_cells(summary: dict[str, Any]) -> None:
-    for c in summary["cells"]:
-        counts = ", ".join(f"{k} {v}" for k, v in c["counts"].items())
-        follows = ", ".join(c["matched_variants"]) or ""
-        extra = f" skipped: {c['skipped']}" if c.get("skipped") else ""
-        if c.get("known_issues"):
-            extra += " known issue"
-        precision = c.get("precision") or ""
-        precision = f" precision: {precision}{' (UNDECLARED)' if c.get('precision_undeclared') else ''}" if precision and precision != "exact" else ""
-        print(f"  {c['id']:<48} {c['outcome']:<17} {counts}{' follows ' + follows if follows else ''}{precision}{extra}")
-    print("totals: " + ", ".join(f"{k} {v}" for k, v in summary["totals"].items()))
-    if summary.get("precision_totals"):
-        print("precision totals: " + ", ".join(f"{k} {v}" for k, v in summary["precision_totals"].items()))
 
 
 def cmd_baseline(args: argparse.Namespace, catalog: Catalog) -> int:
@@ -844,8 +786,8 @@ def cmd_merge(args: argparse.Namespace, catalog: Catalog) -> int:
             raise ValueError(f"{d}: not a results directory")
     summary = write_summary(out, args.dirs)
     report = write_report(out, summary, catalog)
-    _print_cells(summary)
-    print(f"summary: {out / 'summary.json'}; report: {report}")
+    print_answer(summary, report=report, verbose=getattr(args, "verbose", False))
+    print(f"summary: {out / 'summary.json'}")
     return 1 if summary["failed"] else 0
 
 

@@ -29,6 +29,7 @@ from .catalog import builtin_spec_dir, load_catalog
 from .results import write_summary
 from .runner import Cell
 from .session import Options, Session, add_options
+from .terminal import cell_link
 
 _KEY = pytest.StashKey["_State"]() if hasattr(pytest, "StashKey") else None
 
@@ -142,7 +143,7 @@ class CellItem(pytest.Item):
         if result.skipped:
             pytest.skip(result.skipped)
         if result.failed:
-            raise CellFailed(result)
+            raise CellFailed(result, Path(state.out) / "index.html" if state.out else None)
 
     def repr_failure(self, excinfo: Any, style: Any = None) -> str:
         if isinstance(excinfo.value, CellFailed):
@@ -154,9 +155,10 @@ class CellItem(pytest.Item):
 
 
 class CellFailed(Exception):
-    def __init__(self, result: Any):
+    def __init__(self, result: Any, report: Path | None = None):
         super().__init__(result.outcome)
         self.result = result
+        self.report = report  # where the session's report will be, if it writes one
 
     def describe(self) -> str:
         r = self.result
@@ -188,6 +190,8 @@ class CellFailed(Exception):
                 lines.append("minimal case:")
                 lines.append(m.case.to_json())
                 lines.append("replay: save the case above as case.json and run `conformance replay case.json --json`")
+        if self.report is not None:
+            lines.append(f"report: {cell_link(self.report, r.cell.id)} (written when the session ends)")
         return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ from . import __version__
 from .compare import OUTCOMES
 from .dtypes import DTYPES
 from .registry import FRAMEWORKS
+from .results import answer
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("conformance", "templates"),
@@ -306,6 +307,7 @@ def render(summary: dict[str, Any], catalog: Any = None) -> str:
     envs = [_environment_view(e) for e in summary.get("environments") or []]
     return _ENV.get_template("report.html.j2").render(
         summary=summary,
+        answer=answer(summary),
         matrix=m,
         details=details,
         cells=summary["cells"],

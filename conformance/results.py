@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 from .compare import FAILING, KNOWN, OUTCOMES, UNSUPPORTED
 from .precision import EXACT, FINDINGS, PRECISION_OUTCOMES
+from .registry import FRAMEWORKS
 
 SUMMARY = "summary.json"
 SCHEMA = 1
@@ -70,6 +71,27 @@ class ResultWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def clear_run(directory: str | Path) -> list[Path]:
+    """Remove an earlier run's files from `directory` (its results, environments,
+    shards, progress, minimal cases, summary and report), so that a run into
+    the same --out reports itself only; anything else there is left alone."""
+    d = Path(directory)
+    removed: list[Path] = []
+    if not d.is_dir():
+        return removed
+    patterns = ("results*.jsonl", "environment*.json", "minimal-*.json", "progress.json", SUMMARY, "index.html", "shard-*-of-*.log")
+    for pattern in patterns:
+        for f in d.glob(pattern):
+            f.unlink()
+            removed.append(f)
+    for shard in d.glob("shard-*-of-*"):
+        if shard.is_dir():
+            removed += clear_run(shard)
+            if not any(shard.iterdir()):
+                shard.rmdir()
+    return removed
 
 
 def _default(value: Any) -> Any:
@@ -361,6 +383,65 @@ def precision_table(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["measured"] = seen[0] if seen else EXACT
         out.append(row)
     return sorted(out, key=lambda r: (r["rule"], r["framework"], r["mode"], r["dtype"]))
+
+
+def answer(summary: dict[str, Any]) -> dict[str, Any]:
+    """The run's answer, rule x framework: for each, the semantics the cases
+    showed with the modes that follow each (`short`: fewer declared variants
+    told apart than declared), and each precision finding with its dtypes,
+    modes (`all_modes`: every mode of the framework shows it), largest
+    relative size and most frequent cause; `cell` is a cell of that
+    rule/framework/mode to link to (cpu, float32, dense where it ran)."""
+    def rank(c: dict[str, Any]) -> tuple:
+        return (c.get("skipped") is not None, c["device"] != "cpu", c["dtype"] != "float32", c.get("gradients", "dense") != "dense")
+
+    link: dict[tuple[str, str, str], str] = {}
+    for c in sorted(summary["cells"], key=rank):
+        if "~" not in c["mode"] + c["device"] + c.get("gradients", "dense") + (c.get("env") or ""):
+            link.setdefault((c["rule"], c["framework"], c["mode"]), c["id"])
+    entries: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def entry(rule: str, fw: str) -> dict[str, Any]:
+        return entries.setdefault((rule, fw), {"semantics": {}, "precision": {}})
+
+    for r in summary.get("semantics") or []:
+        label = r["measured"].split(" (", 1)[0]
+        group = entry(r["rule"], r["framework"])["semantics"].setdefault(
+            label, {"measured": label, "short": r["measured"] != r["expected"], "declared": r["expected"], "modes": []})
+        group["short"] = group["short"] or r["measured"] != r["expected"]
+        group["modes"].append({"mode": r["mode"], "cell": link.get((r["rule"], r["framework"], r["mode"])),
+                               "note": r["measured"] if r["measured"] != label else None})
+    modes_of: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in summary.get("precision") or []:
+        modes_of[(r["rule"], r["framework"])].add(r["mode"])
+        if r["measured"] == EXACT and not r["undeclared"]:
+            continue
+        key = (r["measured"], bool(r["undeclared"]))
+        group = entry(r["rule"], r["framework"])["precision"].setdefault(
+            key, {"measured": r["measured"], "undeclared": bool(r["undeclared"]), "dtypes": [], "modes": [], "max_rel_error": 0.0, "causes": Counter()})
+        if r["dtype"] not in group["dtypes"]:
+            group["dtypes"].append(r["dtype"])
+        if r["mode"] not in group["modes"]:
+            group["modes"].append(r["mode"])
+        group["max_rel_error"] = max(group["max_rel_error"], _float(r.get("max_rel_error")))
+        group["causes"].update(r.get("causes") or {})
+    frameworks: list[str] = []
+    for _, fw in entries:
+        if fw not in frameworks:
+            frameworks.append(fw)
+    order = list(FRAMEWORKS)
+    frameworks.sort(key=lambda f: (order.index(f.split("@")[0]) if f.split("@")[0] in order else len(order), f))
+    out: dict[str, Any] = {"rules": sorted({rule for rule, _ in entries}), "frameworks": frameworks, "entries": {}}
+    for (rule, fw), e in entries.items():
+        precision = []
+        for g in e["precision"].values():
+            causes = g.pop("causes")
+            g["cause"] = causes.most_common(1)[0][0] if causes else None
+            g["all_modes"] = set(g["modes"]) == modes_of[(rule, fw)]
+            g["modes"].sort()
+            precision.append(g)
+        out["entries"][f"{rule} {fw}"] = {"rule": rule, "framework": fw, "semantics": list(e["semantics"].values()), "precision": precision}
+    return out
 
 
 def version_labels(envs: Iterable[dict[str, Any]]) -> dict[str, str]:

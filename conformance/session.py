@@ -198,6 +198,7 @@ class Session:
         self._described: dict[str, dict[str, Any]] = {}
         self._started = time.time()
         self._environment: dict[str, Any] | None = None
+        self.on_record: Any = None  # called with each record as it is written (progress)
 
     def cells(self) -> list[Cell]:
         cells = enumerate_cells(self.catalog, self.options.selection, self.options.candidates)
@@ -279,7 +280,7 @@ class Session:
                 other_host=self.host(cell.framework, CANDIDATE) if len(envs) == 2 else None,
                 profile=self.options.profile,
                 seed=self.options.seed,
-                sink=self.writer.write if self.writer else None,
+                sink=self._sink,
                 examples=self.options.examples,
                 timeout=self.options.timeout,
                 fail_on=self.options.fail_on,
@@ -287,6 +288,12 @@ class Session:
         if result.skipped and self.writer is not None:
             write_cell_status(self.writer, cell, "skipped", result.skipped)
         return result
+
+    def _sink(self, record: Any) -> None:
+        if self.writer is not None:
+            self.writer.write(record)
+        if self.on_record is not None:
+            self.on_record(record)
 
     def close(self) -> None:
         for host in self._hosts.values():

@@ -113,8 +113,33 @@ def test_matrix_renders_and_a_drill_down_opens(browser, run_dir):
     assert "Standalone reproducer" in p.locator("#drill").inner_text()
     script = p.locator("#drill details.script pre").first.text_content()
     assert "import torch" in script and "compare(" in script
-    # the deep link opens the same cell on load
-    assert p.evaluate("location.hash").startswith("#cell-")
+    # the page's address names the open cell by its id
+    assert p.evaluate("decodeURIComponent(location.hash.slice(1))") == title.split(" ")[0]
+    assert not page.messages, page.messages
+    assert not page.offline(), page.offline()
+
+
+def test_every_cell_has_an_address_and_the_page_opens_on_the_answer(browser, run_dir):
+    """index.html#<cell id> (what the terminal and pytest print) opens that
+    cell's drill-down on load; the first section is the rule x framework
+    answer, whose mode links open a cell too."""
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    cell = next(c["id"] for c in summary["cells"] if c["id"].startswith("adam[torch-fused-cpu-float32") and not c["skipped"])
+    page = Page(browser, (run_dir / "index.html").as_uri() + "#" + cell)
+    p = page.page
+    p.wait_for_selector("#drill h2")
+    assert p.locator("#drill h2").inner_text().split(" ")[0] == cell
+    first = p.locator("main > section").first
+    assert first.get_attribute("id") == "answer"
+    answer = first.inner_text()
+    assert "torch" in answer and "canonical" in answer and "sparse_adam" in answer
+    first.locator('a[href="#sgd[torch-forloop-cpu-float32]"]').click()
+    p.wait_for_function("document.querySelector('#drill h2').textContent.startsWith('sgd[torch-forloop-cpu-float32]')")
+    assert not page.messages, page.messages
+    # the old numeric address still opens its cell
+    page = Page(browser, (run_dir / "index.html").as_uri() + "#cell-0")
+    page.page.wait_for_selector("#drill h2")
+    assert page.page.locator("#drill h2").inner_text().split(" ")[0] == summary["cells"][0]["id"]
     assert not page.messages, page.messages
     assert not page.offline(), page.offline()
 

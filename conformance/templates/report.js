@@ -243,12 +243,21 @@
       put(drill, panel);
     }
     drillPlots.forEach(f => f());
-    if (location.hash !== "#cell-" + n) history.replaceState(null, "", "#cell-" + n);
+    if (decodeURIComponent(location.hash.slice(1)) !== d.id) history.replaceState(null, "", "#" + d.id);
     drill.scrollIntoView({block: "start"});
   }
   matrix.addEventListener("click", e => { const td = e.target.closest("td.cell"); if (td) openCell(td.dataset.cell); });
   matrix.addEventListener("keydown", e => { const td = e.target.closest("td.cell"); if (td && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); openCell(td.dataset.cell); } });
   applyFilters();
-  const m = /^#cell-(\d+)$/.exec(location.hash);
-  if (m) openCell(m[1]);
+  // Every cell has an address: index.html#<cell id> (the terminal and pytest print it); #cell-N still works.
+  function openHash() {
+    let h = location.hash.slice(1);
+    try { h = decodeURIComponent(h); } catch (e) { return; }
+    const m = /^cell-(\d+)$/.exec(h);
+    if (m) { openCell(m[1]); return; }
+    const td = h ? document.getElementById(h) : null;
+    if (td && td.dataset.cell !== undefined) openCell(td.dataset.cell);
+  }
+  window.addEventListener("hashchange", openHash);
+  openHash();
 })();

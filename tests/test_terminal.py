@@ -1,0 +1,86 @@
+"""What a run prints: progress throughout whatever --jobs is, and an end
+that fits one screen (every cell only with --verbose)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conformance import progress
+from conformance.progress import Counter, Display, Tally, watch
+
+
+def test_shards_progress_sums_under_one_display(tmp_path, monkeypatch):
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
+    dirs = [tmp_path / "shard-1-of-2", tmp_path / "shard-2-of-2"]
+    for d in dirs:
+        d.mkdir()
+    a = Counter(3, path=dirs[0] / progress.FILE)
+    b = Counter(2, path=dirs[1] / progress.FILE)
+    a.start("adam[torch-forloop-cpu-float32]")
+    for _ in range(7):
+        a.case()
+    a.done("adam[torch-forloop-cpu-float32]", failed=False)
+    b.start("sgd[jax-eager-cpu-float16]")
+    b.case()
+    b.done("sgd[jax-eager-cpu-float16]", failed=True)
+    assert json.loads((dirs[1] / progress.FILE).read_text())["failing"] == ["sgd[jax-eager-cpu-float16]"]
+    stream = io.StringIO()  # not a terminal: plain lines
+    display = Display(5, stream=stream)
+    polls = iter([True, False])
+    total = watch(dirs, lambda: next(polls), display, every=0.0)
+    display.close()
+    assert (total.cells_done, total.cases, total.failing) == (2, 8, ["sgd[jax-eager-cpu-float16]"])
+    out = stream.getvalue()
+    assert "FAIL sgd[jax-eager-cpu-float16]" in out
+    assert "progress: 2/5 cells, 8 cases, 1 failing" in out
+
+
+def test_a_shard_that_has_not_written_yet_counts_nothing(tmp_path):
+    assert progress.read(tmp_path / progress.FILE) is None
+    assert Tally.total([]).cells_done == 0
+
+
+def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "conformance", "run", "--rules", "sgd,adam", "--frameworks", "torch", "--dtypes", "float32,float16",
+           "--examples", "2", "--out", str(tmp_path / "out"), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def torch_present():
+    pytest.importorskip("torch")
+
+
+def test_the_end_of_a_run_fits_one_screen_and_verbose_lists_every_cell(tmp_path, torch_present):
+    done = _run(tmp_path, "--jobs", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    cells = [c["id"] for c in summary["cells"]]
+    out = done.stdout
+    # the parent showed the whole run's progress (the shards run with --no-progress)
+    assert f"progress: {len(cells)}/{len(cells)} cells" in done.stderr
+    for shard in (1, 2):
+        final = json.loads((tmp_path / "out" / f"shard-{shard}-of-2" / progress.FILE).read_text())
+        assert final["cells_done"] == final["cells"] > 0
+    lines = out.splitlines()
+    assert len(lines) <= 60, out
+    assert f"{len(cells)} cell(s), " in lines[1] and "0 failing" in lines[1]
+    assert any(line.startswith("semantics (per rule and framework") for line in lines)
+    assert any("sgd" in line and "forloop" in line and "canonical" in line for line in lines)
+    assert any("CUDA is not available" in line for line in lines)  # skipped cells: one line per reason
+    assert not any(line.strip().startswith("adam[torch-forloop-cuda") for line in lines)
+    assert lines[-2].startswith("report: file://") and lines[-2].endswith("index.html")
+    verbose = _run(tmp_path, "--jobs", "1", "--no-progress", "--verbose", "--seed", "1")
+    assert verbose.returncode == 0, verbose.stdout[-3000:]
+    listed = {line.split()[0] for line in verbose.stdout.splitlines() if line.startswith("  ") and "[" in line.split()[0]}
+    assert set(cells) <= listed
+    # the second run into the same directory reports itself only (the first's shards are gone)
+    again = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert len(again["environments"]) == 1 and not list((tmp_path / "out").glob("shard-*"))
+    assert sum(c["examples"] for c in again["cells"]) == sum(c["examples"] for c in summary["cells"])
