@@ -84,3 +84,15 @@ def test_the_end_of_a_run_fits_one_screen_and_verbose_lists_every_cell(tmp_path,
     again = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(again["environments"]) == 1 and not list((tmp_path / "out").glob("shard-*"))
     assert sum(c["examples"] for c in again["cells"]) == sum(c["examples"] for c in summary["cells"])
+
+
+def test_a_pytest_failure_names_the_cell_s_address_in_the_report(tmp_path):
+    from types import SimpleNamespace
+
+    from conformance.pytest_plugin import CellFailed
+
+    cell = SimpleNamespace(id="adam[tensorflow-eager-cpu-float32]")
+    result = SimpleNamespace(cell=cell, outcome="diverges", precision=None, error=None, minimal=None)
+    text = CellFailed(result, tmp_path / "index.html").describe()
+    assert f"report: {(tmp_path / 'index.html').resolve().as_uri()}#adam[tensorflow-eager-cpu-float32]" in text
+    assert "report:" not in CellFailed(result).describe()  # no --conformance-out, no report
