@@ -55,6 +55,8 @@ os.environ.setdefault("MXNET_STORAGE_FALLBACK_LOG_VERBOSE", "0")
 import mxnet as mx  # noqa: E402
 from mxnet.base import MXNetError  # noqa: E402
 
+_VERSION = tuple(int(x) for x in mx.__version__.split(".")[:2] if x.isdigit())
+
 FRAMEWORK = "mxnet"
 DEVICES = ("cpu", "gpu")
 _DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
@@ -231,7 +233,7 @@ class _Snapshots:
             mx.nd.stack(*arrays, axis=0, out=self.store._at(i))
 
     def result(self, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-        if self.store.context.device_type == "cpu" and self.store.size >= _BIG:
+        if self.store.context.device_type == "cpu" and self.store.size >= _BIG and _zero_copy(np.dtype(np.float64)):
             # one cast on the engine, written straight into numpy memory
             # (instead of asnumpy's copy and a float64 astype on top; for
             # small arrays asnumpy is the cheaper call)
@@ -305,12 +307,21 @@ def _context(name: str):
 def _ndarray(a: np.ndarray, ctx, dtype):
     """A new NDArray holding `a` in `dtype`; never shares memory with `a` (the optimizer writes in place)."""
     own = np.array(a, dtype=dtype, order="C", copy=True)
-    if ctx.device_type == "cpu":
+    if ctx.device_type == "cpu" and _zero_copy(own.dtype):
         # zero-copy from our own converted copy (DLPack): a third of the
         # time of mx.nd.array, which converts and copies once more; the
         # NDArray keeps a reference to `own`
         return mx.nd.from_numpy(own, zero_copy=True)
     return mx.nd.array(own, ctx=ctx, dtype=dtype)
+
+
+def _zero_copy(dtype: np.dtype) -> bool:
+    """Whether mx.nd.from_numpy takes this dtype: it came with MXNet 1.5, and
+    1.5's refuses float16 (ValueError: float16 is not supported); before it,
+    and there, the adapter copies with mx.nd.array (measured on 1.3.1 and 1.5.1)."""
+    if not hasattr(mx.nd, "from_numpy"):
+        return False
+    return dtype != np.float16 or _VERSION >= (1, 6)
 
 
 def _sparse_gradient(g: np.ndarray, rows: Any, ctx, dtype):

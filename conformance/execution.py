@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import worker as wire
-from .registry import entry
+from .registry import entry, too_old
 
 DEFAULT_TIMEOUT = 120.0  # seconds per case
 START_TIMEOUT = 300.0  # seconds to import a framework
@@ -60,7 +60,7 @@ class InProcessHost:
         return self._module
 
     def describe(self) -> Answer:
-        return self._call({"op": "describe"})
+        return _checked(self.framework, self._call({"op": "describe"}))
 
     def run(self, request: dict[str, Any], timeout: float | None = None) -> Answer:
         return self._call({"op": "run", "request": request})
@@ -79,6 +79,16 @@ class InProcessHost:
 
     def close(self) -> None:
         pass
+
+
+def _checked(framework: str, answer: Answer) -> Answer:
+    """A description whose framework is older than its adapter supports is a
+    start-up failure with the reason (registry.too_old)."""
+    if answer.status == "ok":
+        why = too_old(framework, answer.result.get("versions") or {})
+        if why is not None:
+            return Answer("crash", reason=why, seconds=answer.seconds)
+    return answer
 
 
 def adapter_file(framework: str) -> str:
@@ -179,7 +189,7 @@ class WorkerHost:
     # -- the host interface -------------------------------------------------
     def describe(self) -> Answer:
         if self._description is None or self._description.status == "crash":
-            self._description = self._call({"op": "describe"}, START_TIMEOUT)
+            self._description = _checked(self.framework, self._call({"op": "describe"}, START_TIMEOUT))
         return self._description
 
     def run(self, request: dict[str, Any], timeout: float | None = None) -> Answer:

@@ -74,7 +74,8 @@ def baseline(summary: dict[str, Any]) -> dict[str, Any]:
             "bit_identical": c.get("bit_identical", 0),
             # cases with a verdict (a cross cell's unsupported cases compare nothing)
             "compared": sum(n for o, n in c["counts"].items() if o != "unsupported") if c.get("counts") else c.get("examples", 0),
-            "version": c.get("version") or versions.get(c["framework"]),
+            # (a candidate's cell has its own version: "mxnet@candidate"; a pinned~candidate pair has none)
+            "version": c.get("version") or versions.get(c["framework"] + (f"@{c['env']}" if c.get("env") else "")),
             "outcome": _outcome(c),
             "variants": _variants(c),
             "known_issues": sorted(c.get("known_issues") or {}),
@@ -187,10 +188,11 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
 
     split = side_by_side(run)
     pairs: dict[str, Any] = {}
+    own_pinned = False  # gated against the run's own pinned cells, on identical cases
     if split is not None:
         pinned, run, pairs = split
         if base is None:
-            base = pinned
+            base, own_pinned = pinned, True
         else:  # (the candidate is gated; its frameworks only)
             base = _keep(base, {c["framework"] for c in run["cells"].values()})
     elif base is None:
@@ -230,10 +232,17 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
         # A side that crashed or did not run produced no values: its variants
         # and precision are not compared, only its outcome (above).
         produced = not {b["outcome"], r["outcome"]} & {"not run", "crash", "unsupported"}
+        # On identical cases, a pinned~candidate pair within the tolerance says
+        # that both versions computed the same values: a flipped variant or
+        # precision label is then the classification of a case that barely tells
+        # the variants apart (float16), not a change, and is noted only.
+        pair = pairs.get(cid[:-1] + PAIR_SUFFIX) if own_pinned else None
+        same_values = pair is not None and pair.get("compared") and pair["outcome"] in ("conforms", "known-divergence")
+        also = "; the two versions computed the same values within the tolerance on identical cases (pinned~candidate), so not failed" if same_values else ""
         # (conforms <-> known-divergence changes the matched variants too)
         if b["variants"] != r["variants"] and rr <= rb and produced:
             add("semantics", cid, ", ".join(b["variants"]) or "canonical", ", ".join(r["variants"]) or "canonical",
-                "the variants the cases follow changed (the semantics changed)", True)
+                "the variants the cases follow changed (the semantics changed)" + also, not same_values)
         fixed = sorted(set(b.get("known_issues") or ()) - set(r.get("known_issues") or ()))
         if fixed and produced:
             version = r.get("version") or "the run's version"
@@ -246,7 +255,7 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
             if new or (r.get("precision_undeclared") and not b.get("precision_undeclared")):
                 add("precision", cid, ", ".join(b["precision"]) or "exact", ", ".join(r["precision"]) or "exact",
                     "the precision changed: " + (f"new finding(s) {', '.join(new)}" if new else "an undeclared precision finding")
-                    + " against the exact rule", True)
+                    + " against the exact rule" + also, not same_values)
             elif gone:
                 add("precision", cid, ", ".join(b["precision"]), ", ".join(r["precision"]) or "exact",
                     f"the precision improved ({', '.join(gone)} no longer found)", False)

@@ -64,7 +64,9 @@ class Counter:
         self.tally.current = cell_id
         self._write(force=False)
 
-    def case(self, *_: Any) -> None:
+    def case(self, record: Any = None) -> None:
+        if getattr(record, "phase", None) in ("shrink", "minimal"):
+            return  # (counted as the summary counts cases: generated and fixed ones)
         self.tally.cases += 1
         self._write(force=False)
 

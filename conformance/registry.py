@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,9 @@ class FrameworkEntry:
     #: another name must set its own optimizer or args (else a typo would
     #: silently test the default path)
     modes: tuple[str, ...] = ()
+    #: the oldest release of each package that this adapter was run against
+    #: (README, "Environments"); an older one is refused when its worker starts
+    oldest: tuple[tuple[str, str], ...] = ()
 
 
 FRAMEWORKS: dict[str, FrameworkEntry] = {
@@ -42,7 +46,7 @@ FRAMEWORKS: dict[str, FrameworkEntry] = {
         FrameworkEntry(
             "torch", "conformance.adapters.torch", "torch", ("torch",), "PyTorch", ("cpu", "cuda"),
             script="conformance.adapters.torch_script", packages=("torch",),
-            modes=("forloop", "foreach", "fused", "differentiable", "capturable"),
+            modes=("forloop", "foreach", "fused", "differentiable", "capturable"), oldest=(("torch", "2.13"),),
         ),
         FrameworkEntry(
             "tensorflow",
@@ -52,20 +56,47 @@ FRAMEWORKS: dict[str, FrameworkEntry] = {
             "TensorFlow / Keras",
             script="conformance.adapters.tensorflow_script",
             packages=("tensorflow-cpu|tensorflow", "keras"),
-            modes=("eager", "function", "xla", "v1", "legacy", "legacy_plain"),
+            modes=("eager", "function", "xla", "v1", "legacy", "legacy_plain"), oldest=(("tensorflow", "2.15"),),
         ),
         FrameworkEntry(
             "jax", "conformance.adapters.jax", "optax", ("optax",), "JAX / Optax", script="conformance.adapters.jax_script",
-            packages=("jax", "jaxlib", "optax"), modes=("eager", "jit"),
+            packages=("jax", "jaxlib", "optax"), modes=("eager", "jit"), oldest=(("jax", "0.4.38"), ("optax", "0.2.4")),
         ),
         # MXNet 1.9.1 (the last release) needs numpy < 1.24: its own worker environment
         FrameworkEntry(
             "mxnet", "conformance.adapters.mxnet", "mxnet", ("mxnet",), "MXNet",
             worker_requirements=("mxnet==1.9.1", "numpy<1.24"), script="conformance.adapters.mxnet_script",
-            packages=("mxnet", "numpy"), modes=("updater", "multi_precision"),
+            packages=("mxnet", "numpy"), modes=("updater", "multi_precision"), oldest=(("mxnet", "1.3"),),
         ),
     )
 }
+
+def _release(version: str) -> tuple[int, ...]:
+    """'2.13.0+cpu' -> (2, 13, 0); '1.9.1rc0' -> (1, 9, 1)."""
+    parts = []
+    for piece in version.split("+")[0].split("."):
+        m = re.match(r"\d+", piece)
+        if m is None:
+            break
+        parts.append(int(m.group()))
+        if m.end() != len(piece):
+            break
+    return tuple(parts)
+
+
+def too_old(framework: str, versions: dict[str, str | None]) -> str | None:
+    """Why a worker's framework is older than the oldest release its adapter
+    was run against (None when it is not, or its version is unknown)."""
+    entry = FRAMEWORKS.get(framework)
+    if entry is None:
+        return None
+    for package, oldest in entry.oldest:
+        have = versions.get(package)
+        if have and _release(have) < _release(oldest):
+            return (f"{package} {have} is older than the oldest release the {entry.title} adapter was run against"
+                    f" ({package} {oldest}); results from it would be unchecked (README: Environments)")
+    return None
+
 
 #: `reference` is the float64 kernel itself; it needs no adapter.
 REFERENCE = "reference"

@@ -276,3 +276,16 @@ def test_a_worker_environment_that_cannot_start_is_one_clear_error_before_any_ce
     assert "libmxnet.so: cannot open shared object file" in err
     assert f"rebuild it: conformance setup-worker mxnet --dir {tmp_path / 'venv'}" in err
     assert not out.exists()  # nothing ran
+
+
+def test_a_framework_older_than_its_adapter_was_run_against_is_refused_at_start():
+    """The oldest release of each framework that its adapter ran against is
+    stated (registry, README) and checked when a worker describes itself."""
+    from conformance.execution import Answer, _checked
+    from conformance.registry import too_old
+
+    old = _checked("mxnet", Answer("ok", result={"versions": {"mxnet": "1.2.1", "numpy": "1.14.6"}}))
+    assert old.status == "crash" and "mxnet 1.2.1 is older than" in old.reason and "mxnet 1.3" in old.reason
+    assert _checked("mxnet", Answer("ok", result={"versions": {"mxnet": "1.3.1"}})).status == "ok"
+    assert too_old("jax", {"jax": "0.10.2", "optax": "0.2.3"}).startswith("optax 0.2.3 is older")
+    assert too_old("torch", {"torch": "2.13.0+cpu"}) is None and too_old("torch", {"torch": "2.14.1+cu128"}) is None

@@ -254,3 +254,38 @@ def test_a_known_issue_that_stops_reproducing_is_fixed_in_the_new_version():
     [e] = [e for e in result["entries"] if e["kind"] == "fixed"]
     assert e["cell"] == "adam[torch-fused-cpu-float32]" and "fixed in torch=2.14.0" in e["why"] and not e["fails"]
     assert changelog(result).splitlines()[1].startswith("note fixed")
+
+
+def test_side_by_side_a_fixed_known_issue_names_the_candidate_s_version():
+    """A side-by-side run (mxnet 1.5.1 pinned, 1.9.1 candidate, measured) once
+    said "fixed in mxnet=1.5.1": the candidate's cells took the pinned version."""
+    s = _summary()
+    s["environments"][0]["frameworks"]["torch@candidate"] = {"versions": {"torch": "2.14.1", "numpy": "2.4"}}
+    pinned = _cell(s, "adam[torch-fused-cpu-float32]")
+    pinned["known_issues"] = {"fused SGD leaves float16 blocks unchanged": 3}
+    s["cells"].append(dict(pinned, id="adam[torch-fused-cpu-float32@candidate]", env="candidate", known_issues={}))
+    record = baseline(s)
+    assert record["cells"]["adam[torch-fused-cpu-float32@candidate]"]["version"] == "torch=2.14.1"
+    assert record["cells"]["adam[torch-fused-cpu-float32]"]["version"] == "torch=2.13.0"
+    [e] = [e for e in compare(None, record)["entries"] if e["kind"] == "fixed"]
+    assert "fixed in torch=2.14.1" in e["why"]
+
+
+def test_side_by_side_a_flipped_variant_on_the_same_values_is_noted_not_failed():
+    """Measured on mxnet 1.5.1 -> 1.9.1: a float16 Adam cell's cases matched
+    canonical on one side and epsilon_hat on the other, while the direct
+    comparison on identical cases (pinned~candidate) found the same values
+    within the tolerance; the gate failed it as 'semantics changed'. Where the
+    pair differs beyond the tolerance, the semantics change still fails."""
+    s = _summary()
+    s["environments"][0]["frameworks"]["torch@candidate"] = {"versions": {"torch": "2.14.1", "numpy": "2.4"}}
+    for cid, pair_outcome in (("adam[torch-forloop-cpu-float32]", "conforms"), ("rmsprop[torch-forloop-cpu-float32]", "diverges")):
+        pinned = _cell(s, cid)
+        s["cells"].append(dict(pinned, id=cid[:-1] + "@candidate]", env="candidate", outcome="known-divergence", matched_variants={"epsilon_hat": 20}))
+        s["cells"].append(dict(pinned, id=cid[:-1] + "@pinned~candidate]", env="pinned~candidate", outcome=pair_outcome, matched_variants={}))
+    result = compare(None, baseline(s))
+    by = {(e["kind"], e["cell"]): e for e in result["entries"]}
+    noted = by[("semantics", "adam[torch-forloop-cpu-float32]")]
+    assert not noted["fails"] and "same values within the tolerance" in noted["why"]
+    assert by[("semantics", "rmsprop[torch-forloop-cpu-float32]")]["fails"]
+    assert by[("changed", "rmsprop[torch-forloop-cpu-float32@pinned~candidate]")]["fails"]
