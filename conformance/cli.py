@@ -20,7 +20,7 @@ from .catalog import Catalog, load_catalog, spec_files
 from .registry import FRAMEWORKS, REFERENCE, availability
 from .spec import load_spec
 from .progress import FILE as PROGRESS_FILE, Counter, Display, watch
-from .session import add_options, discover_pythons, parse_pythons
+from .session import add_options, discover_pythons, option_argv, parse_pythons
 from .terminal import failing_cells, print_answer, print_cells, print_sparse
 from .yamlsource import SourceError
 
@@ -592,18 +592,9 @@ def cmd_explore(args: argparse.Namespace, catalog: Catalog) -> int:
 
     if args.conformance_profile is None:
         args.conformance_profile = "dev"
-    argv = list(args.argv[1:])
     save = args.save_cases
-    if "--save-cases" in argv:
-        i = argv.index("--save-cases")
-        del argv[i : i + 2]
-    argv = [a for a in argv if not a.startswith("--save-cases=")]
-    if "--profile" not in argv and not any(a.startswith("--profile=") for a in argv):
-        argv += ["--profile", args.conformance_profile]
     if args.out is None:
         args.out = str(Path("reports") / ("explore-" + time.strftime("%Y%m%d-%H%M%S")))
-        argv += ["--out", args.out]
-    args.argv = ["run", *argv]
     code = cmd_run(args, catalog)
     found = sorted(Path(args.out).glob("minimal-*.json")) + sorted(Path(args.out).glob("shard-*/minimal-*.json"))
     if not found:
@@ -687,18 +678,8 @@ def _run_jobs(args: argparse.Namespace, options: Any, out: Path, run_id: str, jo
     from .report import write_report
     from .results import write_summary
 
-    drop = {"--jobs", "--out", "--seed", "--shard"}
-    child_args: list[str] = []
-    it = iter(args.argv[1:])  # after the "run" subcommand
-    for a in it:
-        name = a.split("=", 1)[0]
-        if name in drop:
-            if "=" not in a:
-                next(it, None)
-            continue
-        if a in ("--no-progress", "--verbose"):
-            continue
-        child_args.append(a)
+    # the children get the same options from the options table (never argv filtered by hand)
+    child_args = option_argv(args, leave=("--seed", "--shard")) + [f"--specs={d}" for d in args.specs]
     out.mkdir(parents=True, exist_ok=True)
     print(f"conformance run {run_id}: {n_cells} cell(s) in {jobs} parallel shards, profile {options.profile.name}, seed {options.seed}, results in {out}")
     t0 = time.perf_counter()
@@ -798,7 +779,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    args.argv = argv
     try:
         catalog = load_catalog(args.specs)
         return args.func(args, catalog)

@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .catalog import Catalog
 from .defaults import measure as measure_defaults
@@ -115,6 +115,21 @@ def discover_pythons(pythons: dict[str, str]) -> dict[str, str]:
 def add_options(add: Callable[..., Any], pytest: bool = False) -> None:
     for cli, py, kwargs in OPTIONS:
         add(py if pytest else cli, **kwargs)
+
+
+def option_argv(namespace: Any, leave: Iterable[str] = ()) -> list[str]:
+    """The CLI arguments that give a child process the same OPTIONS as
+    `namespace` (parsed by `add_options`), except the flags in `leave`."""
+    argv: list[str] = []
+    for cli, _, kwargs in OPTIONS:
+        if cli in leave:
+            continue
+        value = getattr(namespace, kwargs["dest"], None)
+        if value is None:
+            continue
+        for v in value if kwargs.get("action") == "append" else [value]:
+            argv += [cli, str(v)]
+    return argv
 
 
 @dataclass

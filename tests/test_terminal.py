@@ -96,3 +96,19 @@ def test_a_pytest_failure_names_the_cell_s_address_in_the_report(tmp_path):
     text = CellFailed(result, tmp_path / "index.html").describe()
     assert f"report: {(tmp_path / 'index.html').resolve().as_uri()}#adam[tensorflow-eager-cpu-float32]" in text
     assert "report:" not in CellFailed(result).describe()  # no --conformance-out, no report
+
+
+def test_the_shards_of_a_jobs_run_get_the_parent_s_options_from_the_options_table():
+    """The children's arguments come from the parsed options (issue: argv was
+    filtered by hand, and `explore` rewrote it to pass its profile on)."""
+    from conformance.cli import build_parser
+    from conformance.session import OPTIONS, option_argv
+
+    argv = ["run", "--frameworks", "torch,jax", "--python", "mxnet=/x/python", "--python", "jax=/y/python", "--examples", "3",
+            "--profile", "dev", "--seed", "5", "--shard", "1/2", "--fail-on", "stalled", "--timeout", "9.5"]
+    parent = build_parser().parse_args(argv)
+    child = build_parser().parse_args(["run", *option_argv(parent, leave=("--seed", "--shard"))])
+    for _, _, kwargs in OPTIONS:
+        dest = kwargs["dest"]
+        expected = None if dest in ("conformance_seed", "shard") else getattr(parent, dest)
+        assert getattr(child, dest) == expected, dest
