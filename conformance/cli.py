@@ -20,7 +20,7 @@ from .catalog import Catalog, load_catalog, spec_files
 from .registry import FRAMEWORKS, REFERENCE, availability
 from .spec import load_spec
 from .progress import FILE as PROGRESS_FILE, Counter, Display, watch
-from .session import add_options, discover_pythons, option_argv, parse_pythons
+from .session import add_options, discover_pythons, option_argv, parse_pythons, remember_seed
 from .terminal import failing_cells, print_answer, print_cells, print_sparse
 from .yamlsource import SourceError
 
@@ -484,6 +484,8 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
         if broken:
             print(broken, file=sys.stderr)
             return EXIT_USAGE
+    if options.shard is None or args.jobs != 1:  # (not a --jobs run's shard: its parent recorded it)
+        remember_seed(options.seed)
     run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{options.seed:08x}"[-9:]
     out = Path(args.out) if args.out else Path("reports") / run_id
     clear_run(out)  # a run into an earlier run's directory reports itself only

@@ -28,7 +28,7 @@ import pytest
 from .catalog import builtin_spec_dir, load_catalog
 from .results import write_summary
 from .runner import Cell
-from .session import Options, Session, add_options
+from .session import Options, Session, add_options, remember_seed
 from .terminal import cell_link
 
 _KEY = pytest.StashKey["_State"]() if hasattr(pytest, "StashKey") else None
@@ -43,6 +43,8 @@ class _State:
         worker = getattr(config, "workerinput", None)
         seed = worker.get("conformance_seed") if worker else None
         self.options = Options.from_namespace(config.option, seed=seed)
+        if not worker:  # the controller (or a run without xdist) records the seed for --conformance-seed last
+            remember_seed(self.options.seed)
         self.options.with_default_frameworks()
         self.out = config.getoption("conformance_out")
         self.worker_id = worker.get("workerid", "main") if worker else "main"

@@ -50,7 +50,7 @@ OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--gradients", "--gradients", dict(dest="gradients", metavar="LIST", help="comma-separated gradient kinds: dense, sparse, sparse~dense (default: all)")),
     ("--examples", "--examples", dict(dest="examples", type=int, metavar="N", help="generated cases per cell (default: the profile's)")),
     ("--profile", "--conformance-profile", dict(dest="conformance_profile", default=None, choices=sorted(PROFILES), help=f"hypothesis profile: ci (default), dev or thorough")),
-    ("--seed", "--conformance-seed", dict(dest="conformance_seed", type=int, metavar="N", help="hypothesis seed (default: the ci profile's fixed seed 0, so CI draws the same cases every run; random, printed, for the dev and thorough profiles)")),
+    ("--seed", "--conformance-seed", dict(dest="conformance_seed", type=lambda v: v if v == "last" else int(v), metavar="N|last", help="hypothesis seed (default: the ci profile's fixed seed 0, so CI draws the same cases every run; random, printed, for the dev and thorough profiles); last: the previous run's seed here")),
     ("--shard", "--shard", dict(dest="shard", metavar="K/N", help="run only shard K of N (cells split by a hash of their id)")),
     ("--max-steps", "--max-steps", dict(dest="max_steps", type=int, metavar="N", help="most optimizer steps per case (default 20)")),
     ("--max-size", "--max-size", dict(dest="max_size", type=int, metavar="N", help="most elements per tensor (default 32)")),
@@ -112,6 +112,26 @@ def discover_pythons(pythons: dict[str, str]) -> dict[str, str]:
     return found
 
 
+#: where a run records its seed, for `--seed last` (as pytest-randomly replays its last seed)
+LAST_SEED = Path(".conformance") / "last-seed"
+
+
+def last_seed(path: Path = LAST_SEED) -> int:
+    try:
+        return int(path.read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        raise ValueError(f"--seed last: no earlier run here recorded its seed ({path} is missing or unreadable)") from None
+
+
+def remember_seed(seed: int, path: Path = LAST_SEED) -> None:
+    """Record a run's seed for `--seed last` (a run that cannot write it still runs)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{seed}\n", encoding="utf-8")
+    except OSError:
+        pass
+
+
 def add_options(add: Callable[..., Any], pytest: bool = False) -> None:
     for cli, py, kwargs in OPTIONS:
         add(py if pytest else cli, **kwargs)
@@ -164,6 +184,8 @@ class Options:
                 raise ValueError(f"unknown gradient kind {kind!r} (known: {', '.join(GRADIENTS)})")
         parse_frameworks(get("frameworks"))
         chosen_seed = get("conformance_seed")
+        if chosen_seed == "last":
+            chosen_seed = last_seed()
         if chosen_seed is None:
             # a derandomized profile (ci) has its fixed seed; the others draw one
             chosen_seed = seed if seed is not None else profile.seed if profile.derandomized else random.SystemRandom().randrange(2**32)

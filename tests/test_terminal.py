@@ -112,3 +112,17 @@ def test_the_shards_of_a_jobs_run_get_the_parent_s_options_from_the_options_tabl
         dest = kwargs["dest"]
         expected = None if dest in ("conformance_seed", "shard") else getattr(parent, dest)
         assert getattr(child, dest) == expected, dest
+
+
+def test_seed_last_replays_the_previous_run_s_seed(tmp_path, monkeypatch, capsys):
+    from conformance.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--rules", "sgd", "--frameworks", "torch", "--modes", "forloop", "--devices", "cpu", "--dtypes", "float32",
+            "--gradients", "dense", "--examples", "0", "--jobs", "1", "--no-progress", "--isolation", "inprocess"]
+    assert main([*argv, "--seed", "last", "--out", "a"]) == 2
+    assert "--seed last: no earlier run here recorded its seed" in capsys.readouterr().err
+    assert main([*argv, "--profile", "dev", "--out", "b"]) == 0
+    drawn = json.loads(next((tmp_path / "b").glob("environment-*.json")).read_text())["run"]["seed"]
+    assert main([*argv, "--profile", "dev", "--seed", "last", "--out", "c"]) == 0
+    assert json.loads(next((tmp_path / "c").glob("environment-*.json")).read_text())["run"]["seed"] == drawn
