@@ -236,7 +236,7 @@ class Case:
         gradients, per step (None when no row repeats: the gradients say all)."""
         if self.sparse_values is None:
             return None
-        squares, repeated_abs, smallest = [], [], []
+        squares, repeated_abs, smallest, abs_sums = [], [], [], []
         for step in range(self.steps):
             rows, values = self.slices(step)
             index = list(rows)
@@ -244,12 +244,15 @@ class Case:
             if index:
                 np.add.at(sq, index, values * values)
                 np.add.at(ab, index, np.abs(values))
+                abs_sums.append(ab.copy())
+            else:
+                abs_sums.append(np.zeros(self.shape))
                 np.minimum.at(small, index, np.where(values != 0, values * values, np.inf))
                 ab[np.bincount(index, minlength=self.shape[0]) < 2] = 0.0
             squares.append(sq)
             repeated_abs.append(ab)
             smallest.append(small)
-        return SliceTerms(tuple(squares), tuple(repeated_abs), tuple(smallest))
+        return SliceTerms(tuple(squares), tuple(repeated_abs), tuple(smallest), tuple(abs_sums))
 
 
 @dataclass(frozen=True, eq=False)
@@ -263,12 +266,17 @@ class SliceTerms:
       linear operations (Keras divides slice by slice);
     - `smallest_squares`: the smallest nonzero square of one slice (inf where
       none): a framework that squares slice by slice takes each through the
-      dtype's range on its own.
+      dtype's range on its own;
+    - `abs_sums`: the sum over the slices of |slice|, what equations read as
+      `slice_abs` (Keras takes abs slice by slice, as it squares).
     """
 
     squares: tuple[np.ndarray, ...]
     repeated_abs: tuple[np.ndarray, ...] | None = None
     smallest_squares: tuple[np.ndarray, ...] | None = None
+    #: the sum over the slices of |slice|, what equations read as `slice_abs`
+    #: (|g| but where a row repeats: |a| + |b|, not |a + b|)
+    abs_sums: tuple[np.ndarray, ...] | None = None
 
 
 def _rows_ok(rows: list[int], params: np.ndarray) -> bool:

@@ -67,7 +67,8 @@ def run(
     lazy semantics they also keep their parameters and state (a row listed
     twice is touched once). Equations read `slice_sq`: g*g, or, with
     `slice_terms` (a case that lists a row twice, `Case.slice_terms`), the sum
-    of the squares of the step's slices. With `rounding`, those terms also
+    of the squares of the step's slices; and `slice_abs`: |g|, or the sum of
+    the slices' absolute values. With `rounding`, those terms also
     perturb the repeated rows' gradient by a unit roundoff of the sum of
     |slices| (`rounding.gradient`) and taint elements where one slice's
     square leaves the dtype's range (`rounding.taint_below`).
@@ -148,6 +149,8 @@ def run(
             env.update(p=p, g=g, t=i + 1)
             sq = terms.squares[i].reshape(shape).astype(dt) if terms is not None else g * g
             env["slice_sq"] = rounding(sq) if rounding is not None else sq
+            ab = terms.abs_sums[i].reshape(shape).astype(dt) if terms is not None and terms.abs_sums is not None else np.abs(g)
+            env["slice_abs"] = rounding(ab) if rounding is not None else ab
             if rounding is not None and terms is not None and terms.smallest_squares is not None:
                 rounding.taint_below(terms.smallest_squares[i].reshape(shape))
             if rounding is not None:

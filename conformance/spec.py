@@ -34,7 +34,7 @@ from .yamlsource import KeyPath, Located, SourceError, load_yaml_file
 
 DTYPES = tuple(DTYPE_TABLE)
 #: Names every step can read besides hyperparameters and state.
-STEP_INPUTS = ("p", "g", "t", "lr", "slice_sq")
+STEP_INPUTS = ("p", "g", "t", "lr", "slice_sq", "slice_abs")
 _RULE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 Number = Union[StrictBool, int, float]

@@ -267,3 +267,39 @@ def test_rmsprop_centered_momentum(catalog):
     p0, grads = inputs()
     got = run(catalog.get("rmsprop"), dict(lr=0.01, rho=0.95, eps=1e-4, momentum=0.9, centered=True), p0, grads).params
     close(got, graves_centered(p0, grads, 0.01, 0.95, 1e-4, 0.9), rtol=1e-12)
+
+
+# --------------------------------------------------------------- Adamax
+
+
+def adamax_algorithm2(p, grads, alpha, b1, b2):
+    """Kingma & Ba 2015, Algorithm 2 (AdaMax), line by line (no epsilon)."""
+    m = np.zeros_like(p)
+    u = np.zeros_like(p)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        u = np.maximum(b2 * u, np.abs(g))
+        p = p - (alpha / (1 - b1**t)) * m / u
+        out.append(p)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("hp", [dict(lr=0.002, beta1=0.9, beta2=0.999), dict(lr=0.3, beta1=0.5, beta2=0.6)])
+def test_adamax_with_eps_0_is_algorithm_2_and_each_eps_placement_differs(catalog, hp):
+    p0, grads = inputs()
+    spec = catalog.get("adamax")
+    close(run(spec, dict(hp, eps=0.0), p0, grads).params, adamax_algorithm2(p0, grads, hp["lr"], hp["beta1"], hp["beta2"]))
+    close(run(spec, dict(hp, eps=1e-8), p0, grads, variants=["no_eps"]).params, adamax_algorithm2(p0, grads, hp["lr"], hp["beta1"], hp["beta2"]))
+    inside = run(spec, dict(hp, eps=0.5), p0, grads).params
+    outside = run(spec, dict(hp, eps=0.5), p0, grads, variants=["eps_outside_max"]).params
+    assert not np.allclose(inside, outside, rtol=1e-6, atol=0)
+
+
+def test_adamax_first_step_by_hand(catalog):
+    # m1 = (1-b1) g, u1 = |g| + eps, so p1 = p0 - lr * g / (|g| + eps) (inside the max) or
+    # p0 - lr * g / (|g| + eps) (outside: u1 = |g|, then + eps): equal at step 1
+    got = run(catalog.get("adamax"), dict(lr=0.1, eps=0.5), np.array([1.0]), np.array([[2.0], [0.0]])).params
+    close(got[0], [1.0 - 0.1 * 2.0 / 2.5], rtol=1e-15)
+    # step 2, zero gradient: m2 = 0.9*0.2, u2 = max(0.999*2.5, 0.5) = 2.4975
+    close(got[1], [got[0][0] - 0.1 / (1 - 0.81) * (0.9 * 0.2) / 2.4975], rtol=1e-14)

@@ -274,3 +274,24 @@ def test_thorough_run_counterexamples_of_torch_differentiable_adam_follow_folded
     r = execute(spec, Cell(case.rule, "torch", case.mode, "cpu", case.dtype), case, InProcessHost("torch"))
     assert not r.failing, r.reason
     assert r.verdict.expected == ("folded_step_size",) and r.precision.declared
+
+
+def test_mxnet_adamax_has_no_eps_and_gives_nan_where_the_gradient_has_been_zero(catalog):
+    """Measured: mx.optimizer.Adamax() on weight [1, 1] with gradient [0, 1] gives
+    [nan, 0.998]: no epsilon, 0/0. Declared (variant no_eps), so it passes and
+    the precision axis names it nonfinite against the exact rule (eps 1e-8)."""
+    from conformance.execution import make_host
+    from conformance.registry import worker_python
+
+    python = worker_python("mxnet")
+    if python is None:
+        pytest.skip("no MXNet environment (conformance setup-worker mxnet)")
+    host = make_host("mxnet", "worker", python)
+    try:
+        case = _case("adamax", "mxnet", "updater", "float64", {"lr": 0.002}, [1.0, 1.0], [[0.0, 1.0]] * 2)
+        r = execute(catalog.get("adamax"), Cell("adamax", "mxnet", "updater", "cpu", "float64"), case, host)
+    finally:
+        host.close()
+    assert r.outcome in (CONFORMS, KNOWN) and not r.failing, r.reason
+    assert np.isnan(r.observed.params[0, 0]) and r.observed.params[0, 1] == pytest.approx(0.998)
+    assert r.precision.outcome == NONFINITE and r.precision.declared

@@ -187,3 +187,13 @@ def test_a_declared_sparse_difference_the_size_of_the_bound_cannot_tell(catalog)
         host.close()
     assert record.outcome == CONFORMS, record.reason
     assert "the case cannot tell" in record.reason
+
+
+def test_keras_adamax_takes_abs_slice_by_slice(catalog, hosts):
+    """Keras Adamax's norm sees |a| + |b| for a row listed with slices a and b
+    (measured: slices +1 and -1 of one row give a norm of 2 where the summed
+    gradient is 0); torch refuses sparse gradients for Adamax."""
+    record = _run(catalog, hosts, "adamax", "tensorflow", "eager", {"lr": 0.1})
+    assert record.outcome == KNOWN and "per_slice_abs" in record.verdict.evidenced, record.reason
+    once = _run(catalog, hosts, "adamax", "tensorflow", "eager", {"lr": 0.1}, duplicates=False)
+    assert "per_slice_abs" not in once.verdict.evidenced
