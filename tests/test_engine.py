@@ -209,14 +209,19 @@ def test_explore_saves_each_counterexample_as_a_case_file_a_spec_pins(tmp_path, 
 
 def test_a_seeded_cell_draws_the_same_cases_whatever_was_imported_before(tmp_path):
     """Hypothesis draws some values from constants of the local modules
-    loaded in the process; the run loads all of ours first, so that the
-    derandomized ci profile draws the same cases in every pytest-xdist worker
-    whatever ran there before (measured: four more modules changed every case)."""
+    loaded in the process; a run empties that pool, so that the derandomized
+    ci profile draws the same cases in every pytest-xdist worker whatever ran
+    there before (measured: four more modules changed every case) and after
+    any change to the harness's source (measured: a session's changes made
+    the gate against the committed baseline fail 24 cells)."""
     script = textwrap.dedent('''
         import sys, json, hashlib
         import torch
         if sys.argv[1] == "1":
             import conformance.report, conformance.gate, conformance.reproducer, conformance.evidence
+        if sys.argv[1] == "2":  # a local module with constants of its own (as a change to the harness adds)
+            sys.path.insert(0, sys.argv[2])
+            import local_constants_here
         from conformance.catalog import load_catalog
         from conformance.execution import InProcessHost
         from conformance.runner import PROFILES, Cell, run_cell
@@ -226,5 +231,7 @@ def test_a_seeded_cell_draws_the_same_cases_whatever_was_imported_before(tmp_pat
     ''')
     path = tmp_path / "draw.py"
     path.write_text(script)
-    runs = [subprocess.run([sys.executable, str(path), flag], capture_output=True, text=True, check=True).stdout.split()[-1] for flag in "01"]
-    assert runs[0] == runs[1]
+    (tmp_path / "local_constants_here.py").write_text("WIDTH = 1234567\nSCALE = 0.00123456789\nNAME = 'adam[torch-forloop]'\n")
+    runs = [subprocess.run([sys.executable, str(path), flag, str(tmp_path)], capture_output=True, text=True, check=True).stdout.split()[-1]
+            for flag in "012"]
+    assert runs[0] == runs[1] == runs[2]
