@@ -244,11 +244,10 @@ class Case:
             if index:
                 np.add.at(sq, index, values * values)
                 np.add.at(ab, index, np.abs(values))
-                abs_sums.append(ab.copy())
-            else:
-                abs_sums.append(np.zeros(self.shape))
                 np.minimum.at(small, index, np.where(values != 0, values * values, np.inf))
-                ab[np.bincount(index, minlength=self.shape[0]) < 2] = 0.0
+            abs_sums.append(ab.copy())  # |slices| summed, every listed row
+            if index:
+                ab[np.bincount(index, minlength=self.shape[0]) < 2] = 0.0  # repeated rows only
             squares.append(sq)
             repeated_abs.append(ab)
             smallest.append(small)

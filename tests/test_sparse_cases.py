@@ -42,6 +42,9 @@ def test_sparse_values_give_the_summed_gradient_and_round_trip():
     np.testing.assert_array_equal(terms.squares[0], case.grads[0] ** 2)
     np.testing.assert_array_equal(terms.repeated_abs[3], [[0, 0], [4, 3], [0, 0]])  # row 1 only: |1|+|3|, |2|+|-1|
     np.testing.assert_array_equal(terms.smallest_squares[3][1], [1, 1])
+    # slice_abs: |a| + |b| on the repeated row, |g| on a row listed once
+    np.testing.assert_array_equal(terms.abs_sums[3], [[0, 0], [4, 3], [0, 0]])
+    np.testing.assert_array_equal(terms.abs_sums[2], np.abs(case.grads[2]))
     again = Case.from_dict(json.loads(case.to_json()))
     assert again.sparse_rows == case.sparse_rows
     np.testing.assert_array_equal(again.grads, case.grads)
