@@ -284,6 +284,14 @@ def compile_expression(
             if arity == 1 and isinstance(fn, np.ufunc):
                 only = args[0]
                 unary: Node = lambda env: _apply1(fn, *only(env))
+                if rounded and fn is np.sqrt:
+                    def root(env: Env) -> tuple[Any, bool]:
+                        value, fresh = only(env)
+                        if type(value) is np.ndarray:
+                            env[ROUNDING].sqrt_argument(value.copy())  # (can rounding take it below 0? sqrt may write in place)
+                        return _apply1(fn, value, fresh)
+
+                    return _rounded_node(root)
                 return _rounded_node(unary) if rounded else unary
 
             def call(env: Env) -> tuple[Any, bool]:

@@ -51,6 +51,7 @@ class RoundingModel(Protocol):
     def carry(self, new: np.ndarray, old: Any) -> np.ndarray: ...
     def gradient(self, g: np.ndarray, repeated_abs: np.ndarray) -> np.ndarray: ...
     def taint_below(self, values: np.ndarray) -> None: ...
+    def sqrt_argument(self, x: np.ndarray) -> None: ...
     def end_step(self) -> None: ...
 
 
@@ -103,6 +104,11 @@ class Reference:
     #: (shape of p): parameter elements that every rounded run moves at some
     #: step (the dtype's own arithmetic cannot keep them still)
     moves: np.ndarray | None = None
+    #: (steps, *shape): elements where a square root's argument was within
+    #: the bound of 0 in the rounded runs (`v - g_avg**2` cancelling): the
+    #: dtype does not determine whether it is a number or NaN (not judged
+    #: from then on; their bound is inf)
+    undetermined: np.ndarray | None = None
 
 
 class Rounding:
@@ -159,6 +165,9 @@ class Rounding:
         self.rng = rng
         self.taint: np.ndarray | None = None
         self.taint_steps: list[np.ndarray | None] = []
+        #: (step, argument) of every square root of an array, in order: the
+        #: runs together tell whether rounding can take one to 0 or below
+        self.sqrt_args: list[tuple[int, np.ndarray]] = []
 
     # -- where the jitter comes from (one run: a generator, a direction, or none)
 
@@ -244,6 +253,10 @@ class Rounding:
         tiny = values < self.min_normal
         if tiny.any():
             self.taint = tiny.copy() if self.taint is None else (self.taint | tiny)
+
+    def sqrt_argument(self, x: np.ndarray) -> None:
+        """Record the argument of a square root (see `undetermined_roots`)."""
+        self.sqrt_args.append((len(self.taint_steps), x))
 
     def end_step(self) -> None:
         self.taint_steps.append(self.taint)
@@ -412,13 +425,16 @@ def reference(
             rounding = SampledRounding(case.dtype, n, rng, hyperparameter_dtype)
             rounded = run_case_rounded(spec, case, variants, rounding)
             runs = [(rounded.params, rounded.state, rounding.taint_steps, rounding.full_ndim)]
+            roots = [(step, x) for step, x in rounding.sqrt_args if x.ndim == rounding.full_ndim]
         else:
-            runs = []
+            runs, args = [], []
             for i in range(n):
                 jitter = None if i == 0 else _DIRECTED[i - 1] if i <= len(_DIRECTED) else rng
                 rounding = Rounding(case.dtype, jitter, hyperparameter_dtype)
                 rounded = run_case_rounded(spec, case, variants, rounding)
                 runs.append((rounded.params[:, None], {k: v[:, None] for k, v in rounded.state.items()}, rounding.taint_steps, None))
+                args.append(rounding.sqrt_args)
+            roots = [(calls[0][0], np.stack(np.broadcast_arrays(*(x for _, x in calls)))) for calls in zip(*args)]
         taint = np.zeros(exact.params.shape, dtype=bool)
         p0 = np.asarray(case.params, dtype=np.float64)
         moves = np.ones(p0.shape, dtype=bool)
@@ -445,12 +461,39 @@ def reference(
         # slot: the parameter feeds the state through weight decay, the state
         # feeds the parameter) is not judged in any slot from then on.
         subnormal = np.logical_or.accumulate(taint, axis=0)
+        undetermined = undetermined_roots(roots, taint.shape, tol)
+        taint |= undetermined
         for b in (bound_p, *bound_s.values()):
             taint |= ~np.isfinite(b)
         taint = np.logical_or.accumulate(taint, axis=0)
         bound_p = np.where(taint, np.inf, bound_p)
         bound_s = {k: np.where(taint, np.inf, b) for k, b in bound_s.items()}
-    return Reference(variants, Trajectories(params, state), Trajectories(bound_p, bound_s), subnormal, moves)
+    return Reference(variants, Trajectories(params, state), Trajectories(bound_p, bound_s), subnormal, moves,
+                     np.logical_or.accumulate(undetermined, axis=0))
+
+
+def undetermined_roots(roots: list[tuple[int, np.ndarray]], shape: tuple[int, ...], tol: Tolerance) -> np.ndarray:
+    """(steps, *shape): where a square root's argument has lost its
+    significant digits to a cancellation (`v - g_avg**2` of a centered
+    RMSprop): across the rounded runs (axis 0 of each) it spreads by more
+    than `noise_factor` times its smallest value, or some run takes it to 0
+    or below while another keeps it positive. The dtype's rounding then
+    decides its sign, so whether the element is a number or NaN, and it is
+    not judged from then on. A sum of positive terms cannot spread that far
+    (each rounding moves it by a relative unit roundoff: it takes hundreds
+    of roundings in bfloat16 to spread by 8 times its size), and an
+    argument the runs agree on (0 included: a square that is exactly 0)
+    is determined."""
+    out = np.zeros(shape, dtype=bool)
+    for step, x in roots:
+        if step >= shape[0]:
+            continue
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        with np.errstate(all="ignore"):
+            mask = (hi > lo) & (hi > 0) & (lo * tol.noise_factor <= hi - lo)
+        if mask.any():
+            out[step] |= mask.reshape(shape[1:]) if mask.size == int(np.prod(shape[1:])) else np.broadcast_to(mask, shape[1:])
+    return out
 
 
 def run_case_rounded(spec: Spec, case: Case, variants: tuple[str, ...], rounding: RoundingModel) -> Trajectory:

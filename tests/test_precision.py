@@ -94,6 +94,37 @@ def test_torch_float16_adam_with_eps_1e8_and_a_zero_gradient_is_nonfinite(catalo
     assert "first non-finite in float16: u = -lr * m_hat / (sqrt(v_hat) + eps) at step 1, element [0] (its gradient is 0 so far)" in p.cause
 
 
+def test_torch_bfloat16_centered_rmsprop_nan_from_a_cancelling_variance_is_nonfinite_not_diverges(catalog):
+    """Found by the thorough run (torch foreach, bfloat16): a constant gradient
+    (weight decay on a large parameter) makes centered RMSprop's variance
+    v - g_avg**2 cancel to within rounding of 0; torch's order of operations
+    rounds it below 0 and sqrt gives NaN. The dtype decides the sign, so the
+    element is not judged on the semantics axis (the case conforms) and the
+    precision axis names the NaN and its cause."""
+    pytest.importorskip("torch")
+    hp = {"lr": 0.01, "rho": 0.6875, "eps": 1e-08, "momentum": 0.0, "centered": True, "weight_decay": 0.01}
+    r = _run(catalog, "rmsprop", "torch", "foreach", "bfloat16", hp, 315392.0, [0.0] * 13)
+    assert np.isnan(r.observed.params[-1])
+    assert r.outcome == CONFORMS and not r.failing
+    p = r.precision
+    assert p.outcome == NONFINITE and p.declared and p.first_step == 13
+    assert "a square root's argument is within rounding of 0 in bfloat16 (a cancellation)" in p.cause
+    assert set(p.unjudged) == {"square root of a cancellation"} and p.unjudged["square root of a cancellation"] > 0
+
+
+def test_a_square_root_of_a_sum_of_squares_is_always_determined(catalog):
+    """Control: Adam's sqrt(v_hat) is a sum of squares, which rounding spreads by
+    a relative amount only (30 steps of bfloat16 with directed roundings): no
+    element becomes undetermined."""
+    from conformance.compare import reference
+    from conformance.tolerance import tolerance_for
+
+    spec = catalog.get("adam")
+    case = _case("adam", "torch", "forloop", "bfloat16", {}, [0.5, -2.0, 3.0], [[0.1, -0.2, 0.0], [-0.1, 0.3, 0.0]] * 15)
+    ref = reference(spec, case, (), tolerance_for(spec, "bfloat16"))
+    assert ref.undetermined is not None and not ref.undetermined.any()
+
+
 # ---------------------------------------------------------------- controls
 
 
