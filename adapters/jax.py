@@ -143,8 +143,16 @@ def _device(name: str):
     raise NotImplementedError(f"unknown jax device {name!r} (known: {', '.join(DEVICES)})")
 
 
-def _factory(name: str):
-    """`optax.adam` -> the alias function (any dotted path under optax)."""
+def _factory(request: dict[str, Any]):
+    """`optax.adam` -> the alias function (any dotted path under optax); a
+    user's factory of a GradientTransformation, imported by the worker
+    (`optimizer_object`, conformance/worker.py)."""
+    name = request["optimizer"]
+    given = request.get("optimizer_object")
+    if given is not None:
+        if not callable(given):
+            raise TypeError(f"{name} is not callable (it is {given!r}): a target names a function that returns an optax.GradientTransformation")
+        return given
     if not name.startswith("optax."):
         raise NotImplementedError(f"{name!r} is not an optax optimizer")
     obj: Any = optax
@@ -171,7 +179,7 @@ def defaults(request: dict[str, Any]) -> dict[str, Any]:
     alias. (A None default means "off" in optax: adadelta's learning_rate
     None skips the scaling, sgd's and rmsprop's momentum None builds no trace.)
     """
-    fn = _factory(request["optimizer"])
+    fn = _factory(request)
     out: dict[str, Any] = {}
     for name, param in inspect.signature(fn).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -236,7 +244,7 @@ def _schedule(lrs: Any):
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
     """Build the alias, feed one gradient per step, return params and state after each step."""
-    factory = _factory(request["optimizer"])
+    factory = _factory(request)
     mode = request.get("mode", "eager")
     dtype = _DTYPES.get(request["dtype"])
     if dtype is None:

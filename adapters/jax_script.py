@@ -54,7 +54,7 @@ def _check(request: dict[str, Any]) -> None:
         raise NotImplementedError(f"jax has no dtype {request['dtype']}")
     if request["device"] not in DEVICES:
         raise NotImplementedError(f"unknown jax device {request['device']!r} (known: {', '.join(DEVICES)})")
-    if not request["optimizer"].startswith("optax."):
+    if not request["optimizer"].startswith("optax.") and not request.get("import"):
         raise NotImplementedError(f"{request['optimizer']!r} is not an optax optimizer")
     if request.get("lr_schedule") is not None and not request.get("lr_arg"):
         raise NotImplementedError("a per-step learning rate needs the native learning-rate argument (lr_arg)")

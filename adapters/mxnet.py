@@ -117,7 +117,7 @@ def defaults(request: dict[str, Any]) -> dict[str, Any]:
     (Optimizer.__init__); the effective value, read from an instance built
     with no arguments, is reported.
     """
-    cls = _optimizer_class(request["optimizer"])
+    cls = _optimizer_class(request)
     out: dict[str, Any] = {}
     chain = [k for k in reversed(cls.__mro__) if issubclass(k, mx.optimizer.Optimizer)]
     for klass in chain:
@@ -141,7 +141,7 @@ def defaults(request: dict[str, Any]) -> dict[str, Any]:
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
     """Build the optimizer, feed one gradient per step, return params and state after each step."""
-    cls = _optimizer_class(request["optimizer"])
+    cls = _optimizer_class(request)
     mode = request["mode"]
     dtype = _dtype(request["dtype"])
     ctx = _context(request["device"])
@@ -253,7 +253,13 @@ class _Snapshots:
 # ---------------------------------------------------------------------------
 
 
-def _optimizer_class(name: str):
+def _optimizer_class(request: dict[str, Any]):
+    name = request["optimizer"]
+    given = request.get("optimizer_object")
+    if given is not None:  # a user's optimizer, imported by the worker (conformance/worker.py)
+        if not (isinstance(given, type) and issubclass(given, mx.optimizer.Optimizer)):
+            raise TypeError(f"{name} is not an mx.optimizer.Optimizer subclass (it is {given!r})")
+        return given
     prefix = "mxnet.optimizer."
     if not name.startswith(prefix):
         raise NotImplementedError(f"{name!r} is not an mxnet.optimizer optimizer")

@@ -43,7 +43,7 @@ def _check(request: dict[str, Any]) -> None:
         raise NotImplementedError(f"mxnet has no dtype {request['dtype']}")
     if request["device"] not in CONTEXTS:
         raise NotImplementedError(f"unknown mxnet device {request['device']!r} (known: {', '.join(CONTEXTS)})")
-    if not request["optimizer"].startswith("mxnet.optimizer."):
+    if not request["optimizer"].startswith("mxnet.optimizer.") and not request.get("import"):
         raise NotImplementedError(f"{request['optimizer']!r} is not an mxnet.optimizer optimizer")
     for rows in request.get("sparse_rows") or ():
         if len(set(rows)) != len(rows):

@@ -86,8 +86,16 @@ def describe() -> dict[str, Any]:
     }
 
 
-def _resolve(name: str):
-    """`keras.optimizers.Adam` or `tf.compat.v1.train.AdamOptimizer` to the class."""
+def _resolve(request: dict[str, Any]):
+    """`keras.optimizers.Adam` or `tf.compat.v1.train.AdamOptimizer` to the
+    class; a user's optimizer class, imported by the worker (`optimizer_object`,
+    conformance/worker.py)."""
+    name = request["optimizer"]
+    given = request.get("optimizer_object")
+    if given is not None:
+        if not isinstance(given, type):
+            raise TypeError(f"{name} is not an optimizer class (it is {given!r})")
+        return given
     roots = {"keras": keras, "tf": tf, "tensorflow": tf}
     head, _, rest = name.partition(".")
     obj: Any = roots.get(head)
@@ -112,7 +120,7 @@ def _no_legacy_in_keras3(name: str) -> None:
 def defaults(request: dict[str, Any]) -> dict[str, Any]:
     """The optimizer's own default arguments, read from its constructor's signature."""
     _no_legacy_in_keras3(request["optimizer"])
-    cls = _resolve(request["optimizer"])
+    cls = _resolve(request)
     out: dict[str, Any] = {}
     for name, param in inspect.signature(cls.__init__).parameters.items():
         if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -193,7 +201,7 @@ def _construct(cls, name: str, args: dict[str, Any]):
 
 
 def _run_keras(request: dict[str, Any], dtype, mode: str) -> dict[str, Any]:
-    cls = _resolve(request["optimizer"])
+    cls = _resolve(request)
     params, grads, shape = _inputs(request, dtype)
     opt = _construct(cls, request["optimizer"], dict(request["args"]))
     if KERAS3:
@@ -240,7 +248,7 @@ def _run_keras(request: dict[str, Any], dtype, mode: str) -> dict[str, Any]:
 def _run_v1(request: dict[str, Any], dtype, legacy: bool = False) -> dict[str, Any]:
     """A TF1 optimizer, or (`legacy`) a Keras 2 OptimizerV2: both apply
     gradients to a tf.Variable and keep slots read by `get_slot(var, name)`."""
-    cls = _resolve(request["optimizer"])
+    cls = _resolve(request)
     params, grads, shape = _inputs(request, dtype)
     var = tf.Variable(tf.cast(tf.constant(params), dtype), name=_VAR)
     args = dict(request["args"])

@@ -1,4 +1,5 @@
-"""PyTorch adapter: runs a case through torch.optim's own optimizers.
+"""PyTorch adapter: runs a case through torch.optim's optimizers, or a user's
+`torch.optim.Optimizer` subclass that the worker imported (`optimizer_object`).
 
 It knows torch and nothing about update rules: which optimizer to build,
 its native arguments and the state slots to read come in the request (the
@@ -79,7 +80,7 @@ def describe() -> dict[str, Any]:
 
 def defaults(request: dict[str, Any]) -> dict[str, Any]:
     """The optimizer's own default arguments, read from its constructor's signature."""
-    cls = _optimizer_class(request["optimizer"])
+    cls = _optimizer_class(request)
     out: dict[str, Any] = {}
     for name, param in inspect.signature(cls.__init__).parameters.items():
         if name in ("self", "params") or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -101,7 +102,13 @@ def plain(value: Any) -> Any:
     return repr(value)
 
 
-def _optimizer_class(name: str):
+def _optimizer_class(request: dict[str, Any]):
+    name = request["optimizer"]
+    given = request.get("optimizer_object")
+    if given is not None:  # a user's optimizer, imported by the worker (conformance/worker.py)
+        if not (isinstance(given, type) and issubclass(given, torch.optim.Optimizer)):
+            raise TypeError(f"{name} is not a torch.optim.Optimizer subclass (it is {given!r})")
+        return given
     if not name.startswith("torch.optim."):
         raise NotImplementedError(f"{name!r} is not a torch.optim optimizer")
     obj: Any = torch.optim
@@ -135,7 +142,7 @@ def _gradient(g: torch.Tensor, rows: Any, values: Any = None) -> torch.Tensor:
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
     """Build the optimizer, feed one gradient per step, return params and state after each step."""
-    cls = _optimizer_class(request["optimizer"])
+    cls = _optimizer_class(request)
     dtype = _DTYPES.get(request["dtype"])
     if dtype is None:
         raise NotImplementedError(f"torch has no dtype {request['dtype']}")

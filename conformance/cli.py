@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("case", metavar="CASE.json")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--allow-import", dest="allow_import", action="append", default=None, metavar="PACKAGE",
+                   help="a case of a user's target (--specs) runs PACKAGE's code: allow it (repeatable)")
     p.add_argument("--isolation", choices=("worker", "inprocess"), default="worker", help="where the framework runs")
     p.add_argument("--python", action="append", default=None, metavar="FRAMEWORK=PYTHON", help="the framework's worker interpreter")
     p.set_defaults(func=cmd_replay)
@@ -93,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run N shards in parallel processes and merge them (default: the number of CPUs, at most 4; 1 runs here)",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "check",
+        help="check one optimizer outside the frameworks (a library's or your own) against a rule: a run of that target alone",
+    )
+    _common(p)
+    p.add_argument("target", metavar="FRAMEWORK:PATH", help="e.g. torch:optimi.AdamW or torch:my_team.optim.AdamW (the framework that runs it, and the dotted path of the class or factory)")
+    p.add_argument("--rule", required=True, help="the rule it claims to implement, e.g. adamw")
+    add_options(p.add_argument)
+    p.add_argument("--out", metavar="DIR", help="results directory (default: reports/<run-id>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="also list every cell and the long tables")
+    p.add_argument("--jobs", type=int, default=None, metavar="N", help="parallel shards, as for run")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
         "explore",
@@ -194,7 +210,7 @@ def defaults_data(catalog: Catalog, args: argparse.Namespace) -> dict[str, Any]:
     from .session import Options, Session
 
     options = Options.from_namespace(args, seed=0)
-    options.with_default_frameworks()
+    options.with_default_frameworks(catalog)
     session = Session(catalog, options)
     rows, unavailable = [], {}
     try:
@@ -322,7 +338,8 @@ def cmd_validate(args: argparse.Namespace, catalog: Catalog) -> int:
 # ---------------------------------------------------------------- replay
 
 
-def replay_data(catalog: Catalog, case, isolation: str = "worker", pythons: dict[str, str] | None = None) -> dict[str, Any]:
+def replay_data(catalog: Catalog, case, isolation: str = "worker", pythons: dict[str, str] | None = None,
+                allow_import: frozenset[str] = frozenset()) -> dict[str, Any]:
     from .kernel import run_case
 
     spec = catalog.get(case.rule)
@@ -330,7 +347,7 @@ def replay_data(catalog: Catalog, case, isolation: str = "worker", pythons: dict
         spec.variant(name)
     hp = spec.resolve(case.hyperparameters)
     if case.framework != REFERENCE:
-        return replay_framework(catalog, case, isolation, pythons or {})
+        return replay_framework(catalog, case, isolation, pythons or {}, allow_import)
     traj = run_case(spec, case)
     out: dict[str, Any] = {
         "rule": case.rule,
@@ -348,8 +365,8 @@ def replay_data(catalog: Catalog, case, isolation: str = "worker", pythons: dict
     return out
 
 
-def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, str]) -> dict[str, Any]:
-    from .execution import make_host
+def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, str], allow_import: frozenset[str] = frozenset()) -> dict[str, Any]:
+    from .execution import TargetHost, make_host
     from .kernel import run_case
     from .cross import execute_cross, is_cross, sides
     from .runner import Cell, execute
@@ -365,17 +382,25 @@ def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, 
         modes = [m for (fw, m) in spec.modes if fw == case.framework]
         if not modes:
             raise ValueError(f"rule {case.rule} has no {case.framework} section")
-        case = _replace(case, mode=case.mode or modes[0], device=case.device or entry(case.framework).devices[0])
+        case = _replace(case, mode=case.mode or modes[0], device=case.device or entry(catalog.targets().get(case.framework, case.framework)).devices[0])
     kind = case.gradients or ("sparse" if case.sparse_rows is not None else "dense")
     cell = Cell(case.rule, case.framework, case.mode, case.device, case.dtype, kind)
     cross = is_cross(cell)
     first = sides(cell)[0] if cross else cell
-    spec.mode(case.framework, first.mode)
-    if case.framework not in pythons:
-        a = availability(case.framework)
+    runs_on = spec.mode(case.framework, first.mode).runs_on
+    if runs_on not in pythons:
+        a = availability(runs_on)
         if a.reason:
             raise ValueError(f"cannot replay on {case.framework}: {a.reason}")
-    host = make_host(case.framework, "worker" if case.framework in pythons else isolation, pythons.get(case.framework))
+    host = make_host(runs_on, "worker" if runs_on in pythons else isolation, pythons.get(runs_on))
+    if runs_on != case.framework:  # a user's target: its module, if the user allows it
+        modules = sorted(catalog.imports([case.framework]))
+        refused = [m for m in modules if m not in allow_import]
+        if refused:
+            host.close()
+            raise ValueError(f"{case.framework} runs {', '.join(refused)}'s code: allow it with "
+                             + " ".join(f"--allow-import {m}" for m in refused))
+        host = TargetHost(case.framework, host, tuple(modules))
     try:
         if cross:
             from dataclasses import replace
@@ -384,7 +409,7 @@ def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, 
         else:
             record = execute(spec, cell, case, host)
     finally:
-        host.close()
+        (host.host if isinstance(host, TargetHost) else host).close()
     from .runner import stored_inputs, trajectories_json
 
     mode = spec.mode(case.framework, first.mode)
@@ -442,7 +467,7 @@ def cmd_replay(args: argparse.Namespace, catalog: Catalog) -> int:
     from .case import Case
 
     case = Case.load(args.case)
-    data = replay_data(catalog, case, args.isolation, discover_pythons(parse_pythons(args.python)))
+    data = replay_data(catalog, case, args.isolation, discover_pythons(parse_pythons(args.python)), frozenset(args.allow_import or ()))
     if case.framework != REFERENCE:
         if args.json:
             print(json.dumps(data))
@@ -478,7 +503,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     from .session import Options, Session
 
     options = Options.from_namespace(args)
-    options.with_default_frameworks()
+    options.with_default_frameworks(catalog)
     if options.shard is None:  # (the shards of a --jobs run were checked by their parent)
         broken = _broken_workers(options)
         if broken:
@@ -501,7 +526,9 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     if jobs > 1 and options.shard is None and len(cells) > 1:
         session.close()
         return _run_jobs(args, options, out, run_id, min(jobs, len(cells)), len(cells))
-    frameworks = sorted({c.framework for c in cells}, key=list(FRAMEWORKS).index)
+    from .runner import column_order
+
+    frameworks = sorted({c.framework for c in cells}, key=lambda f: column_order(f, catalog.targets()))
     env = session.write_environment(frameworks)
     print(f"conformance run {run_id}: {len(cells)} cell(s), profile {options.profile.name}, seed {options.seed}, results in {out}")
     for fw, info in env["frameworks"].items():
@@ -582,6 +609,85 @@ def _broken_workers(options: Any) -> str | None:
                 + (" -r REQUIREMENT..." if fw != "mxnet" else "")
             )
     return "\n".join(problems) or None
+
+
+def check_section(catalog: Catalog, rule: str, framework: str, path: str, accepted: dict[str, Any]) -> dict[str, Any]:
+    """The spec section of a quick check (`conformance check`): the built-in
+    section of `framework` for `rule` (its argument mapping), keeping the
+    arguments the target's constructor takes (`accepted`, introspected); a
+    hyperparameter that only a dropped argument carries is unsupported away
+    from its default. Parameters only (a library's state may hold other
+    quantities: write a spec section to compare state), dense gradients."""
+    spec = catalog.get(rule)
+    if framework not in spec.frameworks:
+        raise ValueError(f"rule {rule} has no {framework} section to take the argument mapping from")
+    base = spec.frameworks[framework]
+    args = {k: v for k, v in base.args.items() if k in accepted}
+    carried = {n for v in args.values() for x in (v if isinstance(v, list) else [v]) if isinstance(x, str) for n in _names(x)}
+    unsupported = []
+    for name, hp in spec.hyperparameters.items():
+        if name == "lr" or name in carried:
+            continue
+        when = (f"not {name}" if hp.default else name) if isinstance(hp.default, bool) else f"{name} != {hp.default!r}"
+        unsupported.append({"when": when, "reason": f"{path} takes no argument for {name} (its constructor's signature)"})
+    modes = {"forloop": {}, "foreach": {}} if framework == "torch" and "foreach" in accepted else {"default": {}}
+    return {
+        "framework": framework,
+        "optimizer": path,
+        "source": f"{path} (quick check: `conformance check {framework}:{path} --rule {rule}`)",
+        "args": args,
+        "state": {},
+        "modes": modes,
+        "expect": [],
+        "unsupported": unsupported,
+        "sparse": {"semantics": "unsupported", "note": "the quick check runs dense gradients; declare sparse semantics in a spec section to check them"},
+    }
+
+
+def _names(source: str) -> set[str]:
+    from .expr import compile_expression
+
+    return set(compile_expression(source, None, allow_none=True).names)
+
+
+def cmd_check(args: argparse.Namespace, catalog: Catalog) -> int:
+    """A run of one target: the spec section is written from the rule's
+    built-in section for that framework (`check_section`) into the results
+    directory, where it can be copied into a spec directory and refined."""
+    import time
+
+    import yaml
+
+    from .execution import make_host
+    from .registry import foreign_module
+
+    framework, sep, path = args.target.partition(":")
+    if not sep or framework not in FRAMEWORKS or not path:
+        raise ValueError(f"check takes FRAMEWORK:PATH with FRAMEWORK one of {', '.join(FRAMEWORKS)}; got {args.target!r}")
+    module = foreign_module(framework, path)
+    if module is None:
+        raise ValueError(f"{path} is {framework}'s own optimizer: `conformance run --rules {args.rule} --frameworks {framework}` checks it")
+    catalog.get(args.rule)
+    host = make_host(framework, args.isolation or "worker", discover_pythons(parse_pythons(args.python)).get(framework))
+    try:
+        # naming the target on this command line is leave to import its module
+        answer = host.defaults({"optimizer": path, "mode": "default", "import": module})
+    finally:
+        host.close()
+    if answer.status != "ok":
+        raise ValueError(f"cannot inspect {path} on {framework}: {answer.reason}")
+    section = check_section(catalog, args.rule, framework, path, answer.result)
+    out = Path(args.out) if args.out else Path("reports") / ("check-" + time.strftime("%Y%m%d-%H%M%S"))
+    specs = out / "check-spec"
+    specs.mkdir(parents=True, exist_ok=True)
+    file = specs / f"{args.rule}-{path.replace('.', '_')}.yaml"
+    file.write_text(f"# written by `conformance check {args.target} --rule {args.rule}`; copy it into your spec directory to refine it\n"
+                    + yaml.safe_dump({"extends": args.rule, "frameworks": {path: section}}, sort_keys=False), encoding="utf-8")
+    print(f"check: {path} on {framework} against {args.rule}; its spec section: {file}")
+    args.specs = list(args.specs) + [str(specs)]
+    args.rules, args.frameworks, args.out = args.rule, path, str(out)
+    args.allow_import = list(args.allow_import or []) + [module]
+    return cmd_run(args, load_catalog(args.specs))
 
 
 def cmd_explore(args: argparse.Namespace, catalog: Catalog) -> int:

@@ -98,7 +98,7 @@ def measure(specs: Iterable[Spec], framework: str, ask: Callable[[dict[str, Any]
     rows: list[dict[str, Any]] = []
     for spec in specs:
         for mode in optimizer_modes(spec, framework):
-            answer = ask({"optimizer": mode.optimizer, "mode": mode.mode})
+            answer = ask({"optimizer": mode.optimizer, "mode": mode.mode, "import": mode.imports})
             if answer.status != "ok":
                 rows.append(
                     {

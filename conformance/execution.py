@@ -68,6 +68,10 @@ class InProcessHost:
     def defaults(self, request: dict[str, Any]) -> Answer:
         return self._call({"op": "defaults", "request": request})
 
+    def imported(self, module: str) -> Answer:
+        """Import a user's module (allowed by the user) and say which version it is."""
+        return self._call({"op": "imported", "module": module})
+
     def _call(self, message: dict[str, Any]) -> Answer:
         t0 = time.perf_counter()
         try:
@@ -198,6 +202,10 @@ class WorkerHost:
     def defaults(self, request: dict[str, Any]) -> Answer:
         return self._call({"op": "defaults", "request": request}, START_TIMEOUT)
 
+    def imported(self, module: str) -> Answer:
+        """Import a user's module (allowed by the user) and say which version it is."""
+        return self._call({"op": "imported", "module": module}, START_TIMEOUT)
+
     def _call(self, message: dict[str, Any], timeout: float) -> Answer:
         t0 = time.perf_counter()
         if self._proc is None:
@@ -249,6 +257,57 @@ def _signame(num: int) -> str:
         return signal.Signals(num).name
     except ValueError:
         return "unknown signal"
+
+
+class TargetHost:
+    """A user's target (a third-party or in-house optimizer) on the host of
+    the framework that runs it: the same worker, and a description that says
+    which of the user's modules it imports at which version. A module that
+    fails to import makes the description a crash, so the target's cells are
+    `crash` with the reason while the framework's own cells run on."""
+
+    def __init__(self, target: str, host: Any, modules: tuple[str, ...]):
+        self.target = target
+        self.host = host
+        self.modules = modules
+        self._description: Answer | None = None
+
+    @property
+    def python(self) -> str:
+        return self.host.python
+
+    @property
+    def isolation(self) -> str:
+        return self.host.isolation
+
+    def describe(self) -> Answer:
+        if self._description is None or self._description.status == "crash":
+            base = self.host.describe()
+            if base.status != "ok":
+                return base
+            imports = {}
+            for module in self.modules:
+                got = self.host.imported(module)
+                if got.status != "ok":
+                    self._description = Answer("crash", reason=f"importing {module} (for {self.target}) failed: {got.reason}", detail=got.detail)
+                    return self._description
+                imports[module] = got.result
+            result = dict(base.result, target_of=base.result.get("framework"), imports=imports)
+            result["versions"] = {**(base.result.get("versions") or {}), **{m: i.get("version") for m, i in imports.items()}}
+            self._description = Answer("ok", result=result)
+        return self._description
+
+    def run(self, request: dict[str, Any], timeout: float | None = None) -> Answer:
+        return self.host.run(request, timeout)
+
+    def defaults(self, request: dict[str, Any]) -> Answer:
+        return self.host.defaults(request)
+
+    def imported(self, module: str) -> Answer:
+        return self.host.imported(module)
+
+    def close(self) -> None:
+        pass  # (the framework's host is closed as itself)
 
 
 def make_host(framework: str, isolation: str = "worker", python: str | None = None):

@@ -45,7 +45,6 @@ class _State:
         self.options = Options.from_namespace(config.option, seed=seed)
         if not worker:  # the controller (or a run without xdist) records the seed for --conformance-seed last
             remember_seed(self.options.seed)
-        self.options.with_default_frameworks()
         self.out = config.getoption("conformance_out")
         self.worker_id = worker.get("workerid", "main") if worker else "main"
 
@@ -53,6 +52,10 @@ class _State:
     def catalog(self):
         if self._catalog is None:
             self._catalog = load_catalog([d for d in self.spec_dirs[1:]])
+            try:
+                self.options.with_default_frameworks(self._catalog)
+            except ValueError as exc:
+                raise pytest.UsageError(str(exc)) from None
         return self._catalog
 
     @property
@@ -96,6 +99,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         + (f", shard {o.shard[0]}/{o.shard[1]}" if o.shard else "")
         + f", adapters in {o.isolation} processes"
     ]
+    state.catalog  # (loading it settles the selected frameworks and targets)
     frameworks = o.selection.frameworks or ()
     for fw in frameworks:
         info = state.session.describe(fw)

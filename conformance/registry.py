@@ -38,6 +38,9 @@ class FrameworkEntry:
     #: the oldest release of each package that this adapter was run against
     #: (README, "Environments"); an older one is refused when its worker starts
     oldest: tuple[tuple[str, str], ...] = ()
+    #: the top-level modules that are the framework itself: an optimizer under
+    #: any other module is a user's target, imported only when allowed
+    own_modules: tuple[str, ...] = ()
 
 
 FRAMEWORKS: dict[str, FrameworkEntry] = {
@@ -47,6 +50,7 @@ FRAMEWORKS: dict[str, FrameworkEntry] = {
             "torch", "conformance.adapters.torch", "torch", ("torch",), "PyTorch", ("cpu", "cuda"),
             script="conformance.adapters.torch_script", packages=("torch",),
             modes=("forloop", "foreach", "fused", "differentiable", "capturable"), oldest=(("torch", "2.13"),),
+            own_modules=("torch",),
         ),
         FrameworkEntry(
             "tensorflow",
@@ -57,19 +61,30 @@ FRAMEWORKS: dict[str, FrameworkEntry] = {
             script="conformance.adapters.tensorflow_script",
             packages=("tensorflow-cpu|tensorflow", "keras"),
             modes=("eager", "function", "xla", "v1", "legacy", "legacy_plain"), oldest=(("tensorflow", "2.15"),),
+            own_modules=("tensorflow", "tf", "keras"),
         ),
         FrameworkEntry(
             "jax", "conformance.adapters.jax", "optax", ("optax",), "JAX / Optax", script="conformance.adapters.jax_script",
             packages=("jax", "jaxlib", "optax"), modes=("eager", "jit"), oldest=(("jax", "0.4.38"), ("optax", "0.2.4")),
+            own_modules=("optax",),
         ),
         # MXNet 1.9.1 (the last release) needs numpy < 1.24: its own worker environment
         FrameworkEntry(
             "mxnet", "conformance.adapters.mxnet", "mxnet", ("mxnet",), "MXNet",
             worker_requirements=("mxnet==1.9.1", "numpy<1.24"), script="conformance.adapters.mxnet_script",
             packages=("mxnet", "numpy"), modes=("updater", "multi_precision"), oldest=(("mxnet", "1.3"),),
+            own_modules=("mxnet",),
         ),
     )
 }
+
+def foreign_module(framework: str, optimizer: str) -> str | None:
+    """The top-level module of `optimizer` when it is not the framework's own
+    (a third-party library or a team's code: importing it runs its code, so
+    it needs the user's leave, `--allow-import`); None for the framework's own."""
+    top = optimizer.split(".", 1)[0]
+    return None if top in entry(framework).own_modules else top
+
 
 def _release(version: str) -> tuple[int, ...]:
     """'2.13.0+cpu' -> (2, 13, 0); '1.9.1rc0' -> (1, 9, 1)."""

@@ -69,7 +69,8 @@ def script(spec: Spec, record: dict[str, Any], *, version: str = "") -> str | No
     from .cross import SEP
     from .runner import build_request, stored_inputs
 
-    module = script_module(record["framework"])
+    runs_on = next((cfg.runs_on for (fw, _), cfg in spec.modes.items() if fw == record["framework"]), record["framework"])
+    module = script_module(runs_on)
     if module is None:
         return None
     case = Case.from_dict(record["case"])
@@ -96,6 +97,8 @@ def script(spec: Spec, record: dict[str, Any], *, version: str = "") -> str | No
     header = _docstring(spec, record, requests, refs, version)
     body = [header, "import numpy as np"]
     body += sorted({line for _, r in requests for line in module.imports(r)})
+    # a user's optimizer: its module (the object's container, so a submodule loads)
+    body += sorted({f"import {r['optimizer'].rsplit('.', 1)[0]}" for _, r in requests if r.get("import")})
     body += ["", "inf, nan = float('inf'), float('nan')"]
     body += [f"DTYPE = {case.dtype!r}", f"steps = {case.steps}", f"params = {literal(case.params)}"]
     if any(r["sparse_rows"] is None for _, r in requests):

@@ -149,10 +149,11 @@ def enumerate_cells(catalog: Catalog, selection: Selection = Selection(), candid
         return cells
     from .cross import SEP, is_cross
 
+    targets = catalog.targets()
     out = []
     for cell in cells:
         out.append(cell)
-        if cell.framework in candidates:
+        if cell.framework in candidates or targets.get(cell.framework) in candidates:
             out.append(replace(cell, env=CANDIDATE))
             if not is_cross(cell):
                 out.append(replace(cell, env=f"{PINNED}{SEP}{CANDIDATE}"))
@@ -175,7 +176,7 @@ def _enumerate_cells(catalog: Catalog, selection: Selection) -> list[Cell]:
             if spec.mode(fw, a).sparse == spec.mode(fw, b).sparse  # (MXNet multi_precision is not lazy)
         }
         for (fw, mode_name), mode in spec.modes.items():
-            devices = mode.devices or FRAMEWORKS[fw].devices
+            devices = mode.devices or FRAMEWORKS[mode.runs_on].devices
             dtypes = mode.dtypes or tuple(DTYPES)
             sparse_only = mode.gradients == "sparse"
             kinds = ("sparse",) if sparse_only else GRADIENTS
@@ -192,10 +193,14 @@ def _enumerate_cells(catalog: Catalog, selection: Selection) -> list[Cell]:
                         if selection.keeps(cell):
                             out.append(cell)
         out.extend(_cross_cells(spec, selection))
-    return sorted(
-        out,
-        key=lambda c: (c.rule, list(FRAMEWORKS).index(c.framework), c.mode, GRADIENTS.index(c.gradients), c.device, c.dtype),
-    )
+    return sorted(out, key=lambda c: (c.rule, column_order(c.framework, catalog.targets()), c.mode, GRADIENTS.index(c.gradients), c.device, c.dtype))
+
+
+def column_order(framework: str, targets: dict[str, str]) -> tuple[int, str]:
+    """Frameworks in registry order, each user's target after the framework running it."""
+    order = list(FRAMEWORKS)
+    runs_on = targets.get(framework, framework)
+    return (order.index(runs_on) if runs_on in order else len(order), "" if runs_on == framework else framework)
 
 
 def _cross_cells(spec: Spec, selection: Selection) -> list[Cell]:
@@ -208,8 +213,8 @@ def _cross_cells(spec: Spec, selection: Selection) -> list[Cell]:
     for fw in sorted(frameworks):
         for a, b in mode_pairs(spec, fw):
             ma, mb = spec.mode(fw, a), spec.mode(fw, b)
-            for device in ma.devices or FRAMEWORKS[fw].devices:
-                if device not in (mb.devices or FRAMEWORKS[fw].devices):
+            for device in ma.devices or FRAMEWORKS[ma.runs_on].devices:
+                if device not in (mb.devices or FRAMEWORKS[mb.runs_on].devices):
                     continue
                 for dtype in ma.dtypes or tuple(DTYPES):
                     if dtype not in (mb.dtypes or tuple(DTYPES)):
@@ -220,7 +225,7 @@ def _cross_cells(spec: Spec, selection: Selection) -> list[Cell]:
         for (f, name), mode in spec.modes.items():
             if f != fw or mode.gradients == "sparse":
                 continue
-            devices = mode.devices or FRAMEWORKS[fw].devices
+            devices = mode.devices or FRAMEWORKS[mode.runs_on].devices
             for other in devices[1:]:
                 for dtype in mode.dtypes or tuple(DTYPES):
                     sides = (Cell(spec.rule, fw, name, devices[0], dtype), Cell(spec.rule, fw, name, other, dtype))
@@ -377,6 +382,9 @@ def build_request(spec: Spec, mode: ModeConfig, case: Case) -> dict[str, Any]:
         "sparse_rows": [list(r) for r in case.sparse_rows] if case.sparse_rows is not None else None,
         # one slice per listed row (rows may repeat), for the native sparse form
         "sparse_values": [case.slices(i)[1] for i in range(case.steps)] if case.sparse_rows is not None else None,
+        # a user's optimizer: the worker imports this module (the session has
+        # checked that the user allowed it) and hands the adapter the object
+        "import": mode.imports,
     }
 
 

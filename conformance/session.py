@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from .catalog import Catalog
 from .defaults import measure as measure_defaults
-from .execution import DEFAULT_TIMEOUT, make_host
+from .execution import DEFAULT_TIMEOUT, TargetHost, make_host
 from .registry import FRAMEWORKS, availability, worker_python
 from .results import ResultWriter, environment, write_cell_status, write_environment
 from .cross import is_env_cross
@@ -58,6 +58,7 @@ OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--python", "--conformance-python", dict(dest="python", action="append", default=None, metavar="FRAMEWORK=PYTHON", help="run FRAMEWORK's worker under this interpreter (repeatable)")),
     ("--candidate", "--conformance-candidate", dict(dest="candidate", action="append", default=None, metavar="FRAMEWORK=PYTHON", help="side by side: also run FRAMEWORK's cells under this interpreter (a candidate version) and compare the two on identical cases (repeatable)")),
     ("--fail-on", "--fail-on", dict(dest="fail_on", metavar="LIST", help="outcome classes that fail besides diverges, crash and undeclared precision findings, e.g. precision-loss,nonfinite,stalled (either axis)")),
+    ("--allow-import", "--allow-import", dict(dest="allow_import", action="append", default=None, metavar="PACKAGE", help="let a user's spec (--specs) run an optimizer of PACKAGE, a third-party or in-house module: importing it runs its code, so nothing is imported without this (repeatable)")),
     ("--timeout", "--conformance-timeout", dict(dest="timeout", type=float, metavar="SECONDS", help=f"per-case timeout (default {DEFAULT_TIMEOUT:g})")),
 ]
 
@@ -73,14 +74,16 @@ def parse_pythons(items: list[str] | None, flag: str = "--python") -> dict[str, 
     return out
 
 
-def parse_frameworks(text: str | None) -> tuple[str, ...] | None:
-    """`--frameworks LIST`, each name checked against the registry (None: all)."""
+def parse_frameworks(text: str | None, targets: Iterable[str] = ()) -> tuple[str, ...] | None:
+    """`--frameworks LIST`, each name a framework of the registry or one of
+    `targets` (users' targets in the loaded specs); None: all."""
     if text is None:
         return None
     frameworks = _csv(text)
+    known = list(FRAMEWORKS) + sorted(set(targets) - set(FRAMEWORKS))
     for fw in frameworks:
-        if fw not in FRAMEWORKS:
-            raise ValueError(f"unknown framework {fw!r} (known: {', '.join(FRAMEWORKS)})")
+        if fw not in known:
+            raise ValueError(f"unknown framework {fw!r} (known: {', '.join(known)})")
     return frameworks
 
 
@@ -166,6 +169,8 @@ class Options:
     candidates: dict[str, str] = field(default_factory=dict)
     #: outcome classes that fail besides the default ones (`--fail-on`)
     fail_on: frozenset[str] = frozenset()
+    #: top-level modules of users' optimizers that may be imported (`--allow-import`)
+    allow_import: frozenset[str] = frozenset()
 
     @classmethod
     def from_namespace(cls, ns: Any, seed: int | None = None) -> "Options":
@@ -182,7 +187,6 @@ class Options:
         for kind in sel.gradients or ():
             if kind not in GRADIENTS:
                 raise ValueError(f"unknown gradient kind {kind!r} (known: {', '.join(GRADIENTS)})")
-        parse_frameworks(get("frameworks"))
         chosen_seed = get("conformance_seed")
         if chosen_seed == "last":
             chosen_seed = last_seed()
@@ -200,13 +204,28 @@ class Options:
             timeout=get("timeout"),
             candidates=parse_pythons(get("candidate"), "--candidate"),
             fail_on=parse_fail_on(get("fail_on")),
+            allow_import=frozenset(m.strip() for item in get("allow_import") or () for m in item.split(",") if m.strip()),
         )
 
-    def with_default_frameworks(self) -> None:
-        """No framework chosen: every framework that has an adapter in this version."""
+    def with_default_frameworks(self, catalog: Catalog) -> None:
+        """Check the chosen frameworks and users' targets against the registry
+        and `catalog`; none chosen: every framework that has an adapter in this
+        version and every target of the loaded specs. A target whose module the
+        user did not allow (`--allow-import`) is an error, never an import."""
+        targets = catalog.targets()
+        parse_frameworks(",".join(self.selection.frameworks) if self.selection.frameworks is not None else None, targets)
         if self.selection.frameworks is None:
             frameworks = tuple(fw for fw in FRAMEWORKS if availability(fw).adapter)
+            frameworks += tuple(t for t, fw in sorted(targets.items()) if fw in frameworks)
             self.selection = Selection(**{**vars(self.selection), "frameworks": frameworks})
+        refused = {m: where for m, where in catalog.imports(self.selection.frameworks).items() if m not in self.allow_import}
+        if refused:
+            lines = [f"  {m}: named by {'; '.join(where)}" for m, where in sorted(refused.items())]
+            raise ValueError(
+                "a spec names optimizers outside the frameworks; importing a module runs its code, so it needs your"
+                f" leave: add {' '.join('--allow-import ' + m for m in sorted(refused))} (or leave these targets"
+                " out with --frameworks)\n" + "\n".join(lines)
+            )
 
     def to_json(self) -> dict[str, Any]:
         s = self.selection
@@ -221,6 +240,7 @@ class Options:
             "selection": {k: list(v) if v else None for k, v in vars(s).items()},
             "candidates": dict(self.candidates),
             "fail_on": sorted(self.fail_on),
+            "allow_import": sorted(self.allow_import),
         }
 
 
@@ -243,8 +263,13 @@ class Session:
             cells = shard(cells, *self.options.shard)
         return cells
 
+    def runs_on(self, framework: str) -> str:
+        """The registered framework whose adapter runs a column (a user's target's, or itself)."""
+        return self.catalog.targets().get(framework, framework)
+
     def unavailable(self, framework: str, env: str = "") -> str | None:
         """Why a framework cannot run at all here (None if it can be tried)."""
+        framework = self.runs_on(framework)
         if framework in self.options.pythons or env == CANDIDATE:
             return None
         a = availability(framework)
@@ -252,7 +277,18 @@ class Session:
 
     def host(self, framework: str, env: str = "") -> Any:
         """The framework's adapter host: its worker under the run's interpreter,
-        or under the candidate interpreter (`env` CANDIDATE)."""
+        or under the candidate interpreter (`env` CANDIDATE). A user's target
+        shares the host of the framework that runs it."""
+        runs_on = self.runs_on(framework)
+        if runs_on != framework:
+            key = f"{framework}@{env}" if env else framework
+            if key not in self._hosts:
+                modules = tuple(sorted({cfg.imports for spec in self.catalog for cfg in spec.modes.values() if cfg.framework == framework and cfg.imports}))
+                refused = [m for m in modules if m not in self.options.allow_import]
+                if refused:  # (with_default_frameworks refuses the run before this)
+                    raise ValueError(f"{framework} needs module {refused[0]!r}, which is not allowed (--allow-import {refused[0]})")
+                self._hosts[key] = TargetHost(framework, self.host(runs_on, env), modules)
+            return self._hosts[key]
         key = framework if not env else f"{framework}@{env}"
         if key not in self._hosts:
             if env == CANDIDATE:
@@ -281,6 +317,10 @@ class Session:
                     }
                     if env:
                         self._described[key]["env"] = env
+                elif isinstance(host, TargetHost) and self.describe(self.runs_on(framework), env).get("available"):
+                    # the framework runs, the user's module does not import: its
+                    # cells are `crash` with this reason (run_cell), not skipped
+                    self._described[key] = {"available": True, "target_of": self.runs_on(framework), "import_error": answer.reason, "detail": answer.detail}
                 else:
                     self._described[key] = {"available": False, "reason": answer.reason, "detail": answer.detail}
         return self._described[key]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, 
 
 from .expr import FUNCTIONS, Equation, ExprError, Expression, compile_expression, parse_equation
 from .dtypes import DTYPES as DTYPE_TABLE
-from .registry import FRAMEWORKS
+from .registry import FRAMEWORKS, foreign_module
 from .yamlsource import KeyPath, Located, SourceError, load_yaml_file
 
 DTYPES = tuple(DTYPE_TABLE)
@@ -166,6 +166,9 @@ class ModeModel(_Model):
 
 
 class FrameworkModel(_Model):
+    #: a target of the user's own (a key that is not a framework name) names
+    #: the framework whose adapter runs it: `framework: torch`
+    framework: str | None = None
     optimizer: str
     source: str
     args: dict[str, ArgValue]
@@ -192,6 +195,20 @@ class FrameworkModel(_Model):
     def _some_mode(cls, v: dict[str, ModeModel]) -> dict[str, ModeModel]:
         if not v:
             raise ValueError("at least one mode is required")
+        return v
+
+
+class ExtensionModel(_Model):
+    """A user's file that adds targets to a rule defined elsewhere (`extends`)."""
+
+    extends: str
+    frameworks: dict[str, FrameworkModel]
+
+    @field_validator("frameworks")
+    @classmethod
+    def _some_target(cls, v: dict[str, FrameworkModel]) -> dict[str, FrameworkModel]:
+        if not v:
+            raise ValueError("at least one target is required")
         return v
 
 
@@ -249,7 +266,7 @@ LAZY = Variant(
 class ModeConfig:
     """One framework mode, with the framework's fields merged in."""
 
-    framework: str
+    framework: str  # the column: a framework's name, or a user's target's
     mode: str
     optimizer: str
     source: str
@@ -269,6 +286,16 @@ class ModeConfig:
     sparse_unsupported: tuple[tuple[Expression | None, str], ...] = ()  # sparse.unsupported, compiled
     sparse_lazy_when: Expression | None = None  # sparse.lazy_when, compiled
     input_dtypes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (hyperparameter, roundings) as the framework stores it
+    adapter: str = ""  # the registered framework whose adapter runs it ("" : `framework` itself)
+    #: the top-level module of a user's optimizer (not the framework's own):
+    #: imported only when the user allows it (`--allow-import`)
+    imports: str | None = None
+    file: str = ""  # the spec file that declares this mode
+
+    @property
+    def runs_on(self) -> str:
+        """The registered framework whose adapter (and worker) runs this mode."""
+        return self.adapter or self.framework
 
     def known_issue(
         self,
@@ -512,13 +539,7 @@ def _build(rule: str, file: str, model: SpecModel, src: Located) -> Spec:
         if not name.isidentifier() or name in STEP_INPUTS or name in hp or name in FUNCTIONS:
             raise src.error(("state", name), f"{name!r} cannot be a state slot name (it clashes)")
 
-    def expr(path: KeyPath, source: Any, known: set[str], allow_none: bool = False) -> Expression:
-        try:
-            return compile_expression(
-                str(source) if isinstance(source, (int, float)) else source, known, allow_none=allow_none
-            )
-        except ExprError as exc:
-            raise src.error(path, str(exc)) from None
+    expr = functools.partial(_located_expression, src)
 
     hp_names = set(hp)
     state_init = {
@@ -560,14 +581,7 @@ def _build(rule: str, file: str, model: SpecModel, src: Located) -> Spec:
         _check_order(composed, base_known, src, ("variants", name))
         variants[name] = variant
 
-    modes: dict[tuple[str, str], ModeConfig] = {}
-    for fw, section in model.frameworks.items():
-        base = ("frameworks", fw)
-        if fw not in FRAMEWORKS:
-            raise src.error(base, f"unknown framework {fw!r} (known: {', '.join(FRAMEWORKS)})")
-        for mode_name, mm in section.modes.items():
-            mpath = base + ("modes", mode_name)
-            modes[(fw, mode_name)] = _mode_config(fw, mode_name, section, mm, hp_names, set(model.state), variants, src, base, mpath, expr)
+    modes = _framework_modes(model.frameworks, hp_names, set(model.state), variants, src, expr, file)
     return Spec(
         rule=rule,
         file=file,
@@ -584,6 +598,38 @@ def _build(rule: str, file: str, model: SpecModel, src: Located) -> Spec:
         tolerance=dict(model.tolerance),
         cases=tuple(_case_paths(model.cases, file, src)),
     )
+
+
+def _located_expression(src: Located, path: KeyPath, source: Any, known: set[str], allow_none: bool = False) -> Expression:
+    try:
+        return compile_expression(str(source) if isinstance(source, (int, float)) else source, known, allow_none=allow_none)
+    except ExprError as exc:
+        raise src.error(path, str(exc)) from None
+
+
+def extension_of(path: str | Path) -> str | None:
+    """The rule a user's file extends (`extends: adamw`), None for a rule's own spec."""
+    located = load_yaml_file(Path(path))
+    data = located.data
+    return data.get("extends") if isinstance(data, dict) and isinstance(data.get("extends"), str) else None
+
+
+def extend_spec(base: Spec, path: str | Path) -> Spec:
+    """`base` with the targets of a user's file that extends it: its math,
+    variants and domains, and one more column per target, each checked
+    against `base` with errors located in the user's file."""
+    path = Path(path)
+    located = load_yaml_file(path)
+    try:
+        model = ExtensionModel.model_validate(located.data)
+    except ValidationError as exc:
+        raise _from_pydantic(exc, located) from None
+    for name in model.frameworks:
+        if any(fw == name for fw, _ in base.modes):
+            raise located.error(("frameworks", name), f"{base.rule} already has a column {name!r} (from {base.file})")
+    expr = functools.partial(_located_expression, located)
+    added = _framework_modes(model.frameworks, set(base.hyperparameters), set(base.state), base.variants, located, expr, str(path))
+    return replace(base, frameworks={**base.frameworks, **model.frameworks}, modes={**base.modes, **added})
 
 
 def _case_paths(cases: list[str], file: str, src: Located) -> list[str]:
@@ -630,9 +676,50 @@ def _check_order(eqs: list[Equation], known: set[str], src: Located, path: KeyPa
         defined.add(eq.target)
 
 
+#: a target's name is a column of the matrix and part of cell ids
+_TARGET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def _framework_modes(sections, hp_names, state_names, variants, src, expr, file) -> dict[tuple[str, str], ModeConfig]:
+    """Every mode of every framework section (a framework's, or a user's
+    target's that names the framework running it)."""
+    modes: dict[tuple[str, str], ModeConfig] = {}
+    for fw, section in sections.items():
+        base = ("frameworks", fw)
+        adapter = section.framework or fw
+        if section.framework is not None and section.framework not in FRAMEWORKS:
+            raise src.error(base + ("framework",), f"unknown framework {section.framework!r} (known: {', '.join(FRAMEWORKS)})")
+        if fw in FRAMEWORKS and adapter != fw:
+            raise src.error(base + ("framework",), f"{fw!r} is a framework's own section; a target of your own needs a name of its own")
+        if adapter not in FRAMEWORKS:
+            raise src.error(
+                base,
+                f"unknown framework {fw!r} (known: {', '.join(FRAMEWORKS)}); a target of your own names the"
+                " framework that runs it, e.g. `framework: torch`",
+            )
+        if fw != adapter and not _TARGET_NAME.match(fw):
+            raise src.error(base, f"a target's name is a column and part of cell ids: {fw!r} must match {_TARGET_NAME.pattern}")
+        for mode_name, mm in section.modes.items():
+            mpath = base + ("modes", mode_name)
+            if not _TARGET_NAME.match(mode_name):
+                raise src.error(mpath, f"a mode's name is part of cell ids: {mode_name!r} must match {_TARGET_NAME.pattern}")
+            config = _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, src, base, mpath, expr)
+            optimizer_path = mpath + ("optimizer",) if mm.optimizer else base + ("optimizer",)
+            imports = foreign_module(adapter, config.optimizer)
+            modes[(fw, mode_name)] = replace(config, adapter=adapter if adapter != fw else "", imports=imports, file=file)
+            if imports is not None and fw == adapter:
+                raise src.error(
+                    optimizer_path,
+                    f"{config.optimizer!r} is not {fw}'s own optimizer: a third-party or in-house optimizer is a target"
+                    f" of its own, a section with a name of its own and `framework: {fw}`",
+                )
+    return modes
+
+
 def _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, src, base, mpath, expr) -> ModeConfig:
-    known = FRAMEWORKS[fw].modes
-    if known and mode_name not in known and mm.optimizer is None and mm.args is None:
+    known = FRAMEWORKS[section.framework or fw].modes
+    own = section.framework is not None and section.framework != fw  # a target: its optimizer is its own
+    if known and mode_name not in known and mm.optimizer is None and mm.args is None and not own:
         raise src.error(
             mpath,
             f"unknown mode {mode_name!r} for {fw}: its adapter selects {', '.join(known)} by name;"

@@ -20,6 +20,12 @@ BASE64}}` (little-endian float64 bytes, exact and fast); no pickle.
                                              | {"error": {"type", "message", "traceback"}}
     -> {"op": "defaults", "request": {"optimizer", "mode"}}
                                           <- {"ok": {native argument: default}} (introspected)
+    -> {"op": "imported", "module": NAME} <- {"ok": {"module", "version", "file"}}
+
+A request whose "import" names a module (a user's optimizer, which the
+harness runs only when the user allowed that module) gets its optimizer
+imported here, by this file, and handed to the adapter as the object
+"optimizer_object"; adapters import nothing but their framework.
     -> {"op": "quit"}
 
 The worker keeps the real stdout for the protocol and points file
@@ -80,17 +86,67 @@ def load_adapter(path: str):
     return module
 
 
+def user_object(name: str, module: str) -> Any:
+    """`name` (a dotted path under the allowed top-level `module`): the
+    longest importable module prefix, then attributes."""
+    if name != module and not name.startswith(module + "."):
+        raise ImportError(f"{name!r} is not under the allowed module {module!r}")
+    parts = name.split(".")
+    obj = importlib.import_module(module)
+    for i in range(len(parts) - 1, 1, -1):
+        candidate = ".".join(parts[:i])
+        try:
+            obj = importlib.import_module(candidate)
+            break
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (candidate == exc.name or candidate.startswith(exc.name + ".")):
+                raise  # the module exists, and something it imports does not
+            continue
+    else:
+        i = 1
+    path = ".".join(parts[:i])
+    for part in parts[i:]:
+        if not hasattr(obj, part):
+            raise ImportError(f"{path} has no {part!r} (looking up {name})")
+        obj = getattr(obj, part)
+        path += "." + part
+    return obj
+
+
+def imported(module: str) -> dict[str, Any]:
+    """The module's version (its distribution's, else __version__) and file."""
+    import importlib.metadata
+
+    mod = importlib.import_module(module)
+    version = None
+    for dist in importlib.metadata.packages_distributions().get(module, []) + [module]:
+        try:
+            version = importlib.metadata.version(dist)
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {"module": module, "version": version or getattr(mod, "__version__", None), "file": getattr(mod, "__file__", None)}
+
+
+def _with_object(request: dict[str, Any]) -> dict[str, Any]:
+    if request.get("import"):
+        request = dict(request, optimizer_object=user_object(request["optimizer"], request["import"]))
+    return request
+
+
 def answer(adapter: Any, message: dict[str, Any]) -> dict[str, Any]:
     op = message.get("op")
     try:
         if op == "describe":
             return {"ok": adapter.describe()}
         if op == "run":
-            return {"ok": adapter.run(decode(message["request"]))}
+            return {"ok": adapter.run(_with_object(decode(message["request"])))}
         if op == "defaults":
             if not hasattr(adapter, "defaults"):
                 raise NotImplementedError("this adapter cannot introspect defaults")
-            return {"ok": adapter.defaults(decode(message["request"]))}
+            return {"ok": adapter.defaults(_with_object(decode(message["request"])))}
+        if op == "imported":
+            return {"ok": imported(message["module"])}
         return {"error": {"type": "ProtocolError", "message": f"unknown op {op!r}", "traceback": ""}}
     except NotImplementedError as exc:
         return {"unsupported": str(exc) or "not supported by this framework"}

@@ -57,7 +57,7 @@ def test_inputs_are_rounded_to_the_case_dtype():
         ({"grads": [[0.1, 0.2, 0.3]]}, "grads[0]", "differs from params shape"),
         ({"lr_schedule": [0.1]}, "lr_schedule", "1 learning rates for 2 steps"),
         ({"dtype": "float8"}, "dtype", "unknown dtype"),
-        ({"framework": "pytorch"}, "framework", "unknown framework"),
+        ({"framework": "py-torch"}, "framework", "unknown framework"),  # (not even a target's name)
         ({"framework": "torch", "variant": "epsilon_hat"}, "variant", "reference kernel"),
         ({"params": [[1.0], [2.0, 3.0]]}, "params", "rectangular"),
         ({"grads": []}, "grads", "at least one step"),

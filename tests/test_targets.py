@@ -1,0 +1,196 @@
+"""Any implementation as a target: a user's optimizer (a library's, or a team's
+own) named in a spec directory or on the command line, checked against the
+built-in specs, and imported only with the user's leave (`--allow-import`)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conformance import catalog as catalog_module
+from conformance.catalog import builtin_spec_dir, load_catalog
+from conformance.cli import main
+from conformance.compare import CONFORMS, CRASH, DIVERGES
+from conformance.runner import PROFILES, Cell, Selection
+from conformance.session import Options, Session
+from conformance.yamlsource import SourceError
+
+torch = pytest.importorskip("torch")
+
+ADAMW = '''
+import torch
+
+class AdamW(torch.optim.Optimizer):
+    """AdamW by hand{note}."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                denom = (v / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
+                p.addcdiv_(m, denom, value=-group["lr"] / {correction})
+'''
+
+
+def _module(root: Path, name: str, *, planted_bug: bool = False) -> None:
+    # the planted bug: the first moment is not bias-corrected (m, not m / (1 - beta1**t))
+    text = ADAMW.format(note=", with a planted bug" if planted_bug else "", correction="1" if planted_bug else "(1 - beta1 ** t)")
+    (root / f"{name}.py").write_text(textwrap.dedent(text), encoding="utf-8")
+
+
+def _target(specs: Path, column: str, optimizer: str, **extra) -> None:
+    section = {
+        "framework": "torch",
+        "optimizer": optimizer,
+        "source": f"{optimizer} (a test's)",
+        "args": {"lr": "lr", "betas": ["beta1", "beta2"], "eps": "eps", "weight_decay": "weight_decay"},
+        "state": {"exp_avg": "m", "exp_avg_sq": "v"},
+        "modes": {"default": {}},
+        "unsupported": [{"when": "amsgrad", "reason": "no amsgrad"}, {"when": "maximize", "reason": "no maximize"}],
+        "sparse": {"semantics": "unsupported", "note": "dense only"},
+        **extra,
+    }
+    file = specs / f"{column}.yaml"
+    data = yaml.safe_load(file.read_text()) if file.exists() else {"extends": "adamw", "frameworks": {}}
+    data["frameworks"][column] = section
+    file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+@pytest.fixture
+def user(tmp_path, monkeypatch):
+    """A spec directory and a module directory on the path (in-process adapters import from it)."""
+    specs, code = tmp_path / "specs", tmp_path / "code"
+    specs.mkdir()
+    code.mkdir()
+    monkeypatch.syspath_prepend(str(code))
+    monkeypatch.setenv("PYTHONPATH", str(code))
+    return specs, code
+
+
+def _session(specs: Path, frameworks: tuple[str, ...], allow: tuple[str, ...]) -> Session:
+    catalog = load_catalog([specs])
+    options = Options(selection=Selection(rules=("adamw",), frameworks=frameworks, devices=("cpu",), dtypes=("float64",), gradients=("dense",)),
+                      profile=PROFILES["ci"], examples=8, isolation="inprocess", allow_import=frozenset(allow))
+    options.with_default_frameworks(catalog)
+    return Session(catalog, options)
+
+
+def test_a_target_found_by_spec_runs_beside_the_framework_and_conforms(user):
+    specs, code = user
+    _module(code, "team_optim")
+    _target(specs, "team.AdamW", "team_optim.AdamW")
+    session = _session(specs, ("torch", "team.AdamW"), ("team_optim",))
+    try:
+        cells = session.cells()
+        assert {c.framework for c in cells} == {"torch", "team.AdamW"}  # a column of its own
+        mine = [c for c in cells if c.framework == "team.AdamW"]
+        assert [c.id for c in mine] == ["adamw[team.AdamW-default-cpu-float64]"]
+        result = session.run_cell(mine[0])
+        assert result.outcome == CONFORMS and not result.failed
+        assert len(result.records) >= 8 and all(r.observed is not None and "m" in r.observed.state for r in result.records if r.outcome == CONFORMS)
+        described = session.describe("team.AdamW")
+        assert described["target_of"] == "torch" and "team_optim" in described["imports"]
+    finally:
+        session.close()
+
+
+def test_a_planted_bug_diverges_at_its_first_step(user):
+    specs, code = user
+    _module(code, "buggy_optim", planted_bug=True)
+    _target(specs, "buggy.AdamW", "buggy_optim.AdamW")
+    session = _session(specs, ("buggy.AdamW",), ("buggy_optim",))
+    try:
+        (cell,) = session.cells()
+        result = session.run_cell(cell)
+    finally:
+        session.close()
+    assert result.failed and result.outcome == DIVERGES
+    assert result.minimal is not None and result.minimal.verdict.against_expected.first_divergent_step == 1
+
+
+def test_a_target_whose_module_is_not_allowed_is_refused_before_anything_is_imported(user):
+    specs, code = user
+    (code / "never_imported.py").write_text("raise SystemExit('imported without leave')\n", encoding="utf-8")
+    _target(specs, "quiet.AdamW", "never_imported.AdamW")
+    catalog = load_catalog([specs])
+    options = Options(selection=Selection(rules=("adamw",)), isolation="inprocess")
+    with pytest.raises(ValueError, match=r"--allow-import never_imported") as exc:
+        options.with_default_frameworks(catalog)
+    assert "quiet.AdamW" in str(exc.value) and str(specs / "quiet.AdamW.yaml") in str(exc.value)
+
+
+def test_a_target_that_crashes_on_import_is_crash_and_the_run_goes_on(user):
+    specs, code = user
+    (code / "crashy_optim.py").write_text("raise RuntimeError('this module is broken')\n", encoding="utf-8")
+    _module(code, "team_optim")
+    _target(specs, "crashy.AdamW", "crashy_optim.AdamW")
+    _target(specs, "team.AdamW", "team_optim.AdamW")
+    session = _session(specs, ("crashy.AdamW", "team.AdamW"), ("crashy_optim", "team_optim"))
+    try:
+        results = {c.framework: session.run_cell(c) for c in session.cells()}
+    finally:
+        session.close()
+    crashed = results["crashy.AdamW"]
+    assert crashed.failed and crashed.outcome == CRASH
+    assert "importing crashy_optim" in crashed.records[0].reason and "this module is broken" in crashed.records[0].reason
+    assert results["team.AdamW"].outcome == CONFORMS
+
+
+def test_a_target_found_by_command_line(user, tmp_path):
+    specs, code = user
+    _module(code, "cli_optim")
+    out = tmp_path / "out"
+    code_ = main(["check", "torch:cli_optim.AdamW", "--rule", "adamw", "--examples", "4", "--jobs", "1", "--devices", "cpu",
+                  "--dtypes", "float32", "--isolation", "inprocess", "--no-progress", "--out", str(out)])
+    assert code_ == 0
+    written = list((out / "check-spec").glob("*.yaml"))
+    assert len(written) == 1 and yaml.safe_load(written[0].read_text())["frameworks"]["cli_optim.AdamW"]["optimizer"] == "cli_optim.AdamW"
+    summary = (out / "summary.json").read_text()
+    assert "adamw[cli_optim.AdamW-default-cpu-float32]" in summary
+
+
+def test_builtin_specs_never_name_a_module_outside_the_frameworks(tmp_path, monkeypatch):
+    assert load_catalog().targets() == {} and load_catalog().imports() == {}
+    fake = tmp_path / "builtin"
+    fake.mkdir()
+    data = yaml.safe_load((builtin_spec_dir() / "adamw.yaml").read_text())
+    data["cases"] = []
+    data["frameworks"]["sneaky.AdamW"] = dict(data["frameworks"]["torch"], framework="torch", optimizer="sneaky.AdamW")
+    (fake / "adamw.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    monkeypatch.setattr(catalog_module, "builtin_spec_dir", lambda: fake)
+    with pytest.raises(SourceError, match="a built-in spec names only the frameworks' own optimizers"):
+        load_catalog()
+
+
+def test_target_sections_are_checked_with_file_and_line(user):
+    specs, _ = user
+    (specs / "bad.yaml").write_text("extends: adamw\nframeworks:\n  mine.AdamW:\n    optimizer: mine.AdamW\n    source: x\n"
+                                    "    args: {lr: lr}\n    modes: {default: {}}\n    sparse: {semantics: unsupported}\n", encoding="utf-8")
+    with pytest.raises(SourceError) as exc:
+        load_catalog([specs])
+    assert exc.value.line == 3 and "framework: torch" in exc.value.message
+    (specs / "bad.yaml").write_text("extends: nosuchrule\nframeworks:\n  mine.AdamW: {}\n", encoding="utf-8")
+    with pytest.raises(SourceError, match="missing required key|no rule 'nosuchrule'"):
+        load_catalog([specs])
+    (specs / "bad.yaml").write_text("extends: adamw\nframeworks:\n  torch:\n    framework: torch\n    optimizer: torch.optim.AdamW\n    source: x\n"
+                                    "    args: {lr: lr}\n    modes: {forloop: {}}\n    sparse: {semantics: unsupported}\n", encoding="utf-8")
+    with pytest.raises(SourceError, match="already has a column 'torch'"):
+        load_catalog([specs])
