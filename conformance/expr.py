@@ -284,14 +284,17 @@ def compile_expression(
             if arity == 1 and isinstance(fn, np.ufunc):
                 only = args[0]
                 unary: Node = lambda env: _apply1(fn, *only(env))
-                if rounded and fn is np.sqrt:
-                    def root(env: Env) -> tuple[Any, bool]:
+                if rounded and fn in (np.sqrt, np.sign):
+                    kind = fn.__name__
+
+                    def edge(env: Env) -> tuple[Any, bool]:
                         value, fresh = only(env)
                         if type(value) is np.ndarray:
-                            env[ROUNDING].sqrt_argument(value.copy())  # (can rounding take it below 0? sqrt may write in place)
+                            # can rounding take it across 0 (NaN, or the other sign)? (a copy: fn may write in place)
+                            env[ROUNDING].edge_argument(kind, value.copy())
                         return _apply1(fn, value, fresh)
 
-                    return _rounded_node(root)
+                    return _rounded_node(edge)
                 return _rounded_node(unary) if rounded else unary
 
             def call(env: Env) -> tuple[Any, bool]:

@@ -252,7 +252,7 @@ def judge(
 
     stalled_p = _stalled(case, np.asarray(observed.params, np.float64), ref)
     out_of_range = 0
-    unjudged = {"subnormal intermediates": 0, "square root of a cancellation": 0, "own-dtype arithmetic not finite": 0}
+    unjudged = {"subnormal intermediates": 0, "sqrt or sign of a cancellation": 0, "own-dtype arithmetic not finite": 0}
     undetermined = ref.undetermined if ref.undetermined is not None else np.zeros(ref.values.params.shape, dtype=bool)
     nonfinite: list[tuple[int, str, tuple[int, ...], float, float]] = []
     loss = _Worst()
@@ -269,7 +269,7 @@ def judge(
             judged = in_range & np.isfinite(obs) & np.isfinite(bound)
             not_bounded = in_range & np.isfinite(obs) & ~np.isfinite(bound)
             unjudged["subnormal intermediates"] += int((not_bounded & taint).sum())
-            unjudged["square root of a cancellation"] += int((not_bounded & ~taint & undetermined).sum())
+            unjudged["sqrt or sign of a cancellation"] += int((not_bounded & ~taint & undetermined).sum())
             unjudged["own-dtype arithmetic not finite"] += int((not_bounded & ~taint & ~undetermined).sum())
             diff = element_errors(obs, exp)
             beyond = judged & (diff > bound)
@@ -382,9 +382,9 @@ def explain(
     if verdict.outcome == NONFINITE:
         step, idx = (verdict.first_step or 1) - 1, tuple(verdict.element or ())
         if ref.undetermined is not None and ref.undetermined[(step,) + idx[: ref.undetermined.ndim - 1]].any():
-            parts.append(f"a square root's argument is within rounding of 0 in {case.dtype} (a cancellation), from step"
+            parts.append(f"a square root's or sign's argument is within rounding of 0 in {case.dtype} (a cancellation), from step"
                          f" {int(np.argmax(ref.undetermined.reshape(ref.undetermined.shape[0], -1).any(axis=1))) + 1}:"
-                         " the order of operations decides whether it rounds below 0 (NaN)")
+                         " the order of operations decides which side of 0 it rounds to (NaN from sqrt)")
         origin = first_nonfinite(spec, mode, held, expected)
         if origin:
             parts.append(origin)

@@ -51,7 +51,7 @@ class RoundingModel(Protocol):
     def carry(self, new: np.ndarray, old: Any) -> np.ndarray: ...
     def gradient(self, g: np.ndarray, repeated_abs: np.ndarray) -> np.ndarray: ...
     def taint_below(self, values: np.ndarray) -> None: ...
-    def sqrt_argument(self, x: np.ndarray) -> None: ...
+    def edge_argument(self, kind: str, x: np.ndarray) -> None: ...
     def end_step(self) -> None: ...
 
 
@@ -165,9 +165,10 @@ class Rounding:
         self.rng = rng
         self.taint: np.ndarray | None = None
         self.taint_steps: list[np.ndarray | None] = []
-        #: (step, argument) of every square root of an array, in order: the
-        #: runs together tell whether rounding can take one to 0 or below
-        self.sqrt_args: list[tuple[int, np.ndarray]] = []
+        #: (step, function, argument) of every square root and sign of an
+        #: array, in order: the runs together tell whether rounding can take
+        #: one across 0 (NaN from sqrt, the other sign from sign)
+        self.edge_args: list[tuple[int, str, np.ndarray]] = []
 
     # -- where the jitter comes from (one run: a generator, a direction, or none)
 
@@ -254,9 +255,9 @@ class Rounding:
         if tiny.any():
             self.taint = tiny.copy() if self.taint is None else (self.taint | tiny)
 
-    def sqrt_argument(self, x: np.ndarray) -> None:
-        """Record the argument of a square root (see `undetermined_roots`)."""
-        self.sqrt_args.append((len(self.taint_steps), x))
+    def edge_argument(self, kind: str, x: np.ndarray) -> None:
+        """Record the argument of a square root or sign (see `undetermined_edges`)."""
+        self.edge_args.append((len(self.taint_steps), kind, x))
 
     def end_step(self) -> None:
         self.taint_steps.append(self.taint)
@@ -425,7 +426,7 @@ def reference(
             rounding = SampledRounding(case.dtype, n, rng, hyperparameter_dtype)
             rounded = run_case_rounded(spec, case, variants, rounding)
             runs = [(rounded.params, rounded.state, rounding.taint_steps, rounding.full_ndim)]
-            roots = [(step, x) for step, x in rounding.sqrt_args if x.ndim == rounding.full_ndim]
+            edges = [(step, kind, x) for step, kind, x in rounding.edge_args if x.ndim == rounding.full_ndim]
         else:
             runs, args = [], []
             for i in range(n):
@@ -433,8 +434,8 @@ def reference(
                 rounding = Rounding(case.dtype, jitter, hyperparameter_dtype)
                 rounded = run_case_rounded(spec, case, variants, rounding)
                 runs.append((rounded.params[:, None], {k: v[:, None] for k, v in rounded.state.items()}, rounding.taint_steps, None))
-                args.append(rounding.sqrt_args)
-            roots = [(calls[0][0], np.stack(np.broadcast_arrays(*(x for _, x in calls)))) for calls in zip(*args)]
+                args.append(rounding.edge_args)
+            edges = [(calls[0][0], calls[0][1], np.stack(np.broadcast_arrays(*(x for *_, x in calls)))) for calls in zip(*args)]
         taint = np.zeros(exact.params.shape, dtype=bool)
         p0 = np.asarray(case.params, dtype=np.float64)
         moves = np.ones(p0.shape, dtype=bool)
@@ -461,7 +462,7 @@ def reference(
         # slot: the parameter feeds the state through weight decay, the state
         # feeds the parameter) is not judged in any slot from then on.
         subnormal = np.logical_or.accumulate(taint, axis=0)
-        undetermined = undetermined_roots(roots, taint.shape, tol)
+        undetermined = undetermined_edges(edges, taint.shape, tol)
         taint |= undetermined
         for b in (bound_p, *bound_s.values()):
             taint |= ~np.isfinite(b)
@@ -472,25 +473,29 @@ def reference(
                      np.logical_or.accumulate(undetermined, axis=0))
 
 
-def undetermined_roots(roots: list[tuple[int, np.ndarray]], shape: tuple[int, ...], tol: Tolerance) -> np.ndarray:
-    """(steps, *shape): where a square root's argument has lost its
-    significant digits to a cancellation (`v - g_avg**2` of a centered
-    RMSprop): across the rounded runs (axis 0 of each) it spreads by more
-    than `noise_factor` times its smallest value, or some run takes it to 0
-    or below while another keeps it positive. The dtype's rounding then
-    decides its sign, so whether the element is a number or NaN, and it is
-    not judged from then on. A sum of positive terms cannot spread that far
-    (each rounding moves it by a relative unit roundoff: it takes hundreds
-    of roundings in bfloat16 to spread by 8 times its size), and an
-    argument the runs agree on (0 included: a square that is exactly 0)
-    is determined."""
+def undetermined_edges(edges: list[tuple[int, str, np.ndarray]], shape: tuple[int, ...], tol: Tolerance) -> np.ndarray:
+    """(steps, *shape): where the argument of a square root or a sign has lost
+    its significant digits to a cancellation (`v - g_avg**2` of a centered
+    RMSprop, Lion's `beta1*m + (1 - beta1)*g`): across the rounded runs (axis
+    0 of each) it spreads by more than `noise_factor` times its smallest
+    magnitude, or some run takes it to 0 or across while another does not.
+    The dtype's rounding then decides its sign, so whether the element is a
+    number or NaN (sqrt) or which way it moves (sign), and it is not judged
+    from then on. A sum of terms of one sign cannot spread that far (each
+    rounding moves it by a relative unit roundoff: it takes hundreds of
+    roundings in bfloat16 to spread by 8 times its size), and an argument
+    the runs agree on (0 included) is determined."""
     out = np.zeros(shape, dtype=bool)
-    for step, x in roots:
+    for step, kind, x in edges:
         if step >= shape[0]:
             continue
         lo, hi = x.min(axis=0), x.max(axis=0)
         with np.errstate(all="ignore"):
-            mask = (hi > lo) & (hi > 0) & (lo * tol.noise_factor <= hi - lo)
+            if kind == "sqrt":
+                mask = (hi > lo) & (hi > 0) & (lo * tol.noise_factor <= hi - lo)
+            else:  # sign
+                small = np.where(np.sign(lo) == np.sign(hi), np.minimum(np.abs(lo), np.abs(hi)), 0.0)
+                mask = (hi > lo) & (small * tol.noise_factor <= hi - lo)
         if mask.any():
             out[step] |= mask.reshape(shape[1:]) if mask.size == int(np.prod(shape[1:])) else np.broadcast_to(mask, shape[1:])
     return out

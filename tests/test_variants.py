@@ -39,6 +39,8 @@ def test_every_variant_differs_from_canonical_somewhere(catalog):
         halves = SliceTerms(tuple(g * g / 2 for g in GRADS))
         canonical = run(spec, hp, P0, GRADS, sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3, slice_terms=halves)
         for name in spec.variants:
+            if spec.variants[name].precision:
+                continue  # (may only fix the order of rounding: Lion's decay_first; composed and run above)
             got = run(spec, hp, P0, GRADS, variants=[name], sparse_rows=[[0]] * len(GRADS), lr_schedule=[0.05, 0.01] * 3, slice_terms=halves)
             assert not np.allclose(got.params, canonical.params, rtol=1e-9, atol=0), (spec.rule, name)
 
