@@ -4,7 +4,6 @@ built-in specs, and imported only with the user's leave (`--allow-import`)."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,40 +19,17 @@ from conformance.yamlsource import SourceError
 
 torch = pytest.importorskip("torch")
 
-ADAMW = '''
-import torch
-
-class AdamW(torch.optim.Optimizer):
-    """AdamW by hand{note}."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                denom = (v / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
-                p.addcdiv_(m, denom, value=-group["lr"] / {correction})
-'''
+#: the example's in-house AdamW (examples/inhouse), copied under the test's own module names
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "inhouse" / "inhouse_optim.py"
 
 
 def _module(root: Path, name: str, *, planted_bug: bool = False) -> None:
-    # the planted bug: the first moment is not bias-corrected (m, not m / (1 - beta1**t))
-    text = ADAMW.format(note=", with a planted bug" if planted_bug else "", correction="1" if planted_bug else "(1 - beta1 ** t)")
-    (root / f"{name}.py").write_text(textwrap.dedent(text), encoding="utf-8")
+    text = EXAMPLE.read_text(encoding="utf-8")
+    if planted_bug:  # the first moment is not bias-corrected (m, not m / (1 - beta1**t))
+        right = 'value=-group["lr"] / (1 - beta1 ** t)'
+        assert right in text
+        text = text.replace(right, 'value=-group["lr"]')
+    (root / f"{name}.py").write_text(text, encoding="utf-8")
 
 
 def _target(specs: Path, column: str, optimizer: str, **extra) -> None:
