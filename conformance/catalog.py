@@ -38,12 +38,14 @@ class Catalog:
         """Each user's target (a column that is not a framework) -> the framework that runs it."""
         return {cfg.framework: cfg.adapter for spec in self.specs.values() for cfg in spec.modes.values() if cfg.adapter}
 
-    def imports(self, frameworks: Iterable[str] | None = None) -> dict[str, list[str]]:
+    def imports(self, frameworks: Iterable[str] | None = None, rules: Iterable[str] | None = None) -> dict[str, list[str]]:
         """Each module a user's optimizer needs imported -> the spec files
-        (with target) naming it, for the selected columns (all: None)."""
+        (with target) naming it, for the selected columns and rules (all: None)."""
         chosen = None if frameworks is None else set(frameworks)
         out: dict[str, list[str]] = {}
         for spec in self.specs.values():
+            if rules is not None and spec.rule not in rules:
+                continue
             for cfg in spec.modes.values():
                 if cfg.imports is not None and (chosen is None or cfg.framework in chosen):
                     where = f"{cfg.file} ({cfg.framework}: {cfg.optimizer})"

@@ -169,6 +169,8 @@ def run(
                     value = expr(env)
                     if target == "p" or target in state:
                         value = rounding.carry(np.asarray(value, dtype=dt), env[target])
+                    elif target in spec.increments:  # (written as an increment of another value: lerp)
+                        value = rounding.carry(np.asarray(value, dtype=dt), env[spec.increments[target]])
                     env[target] = value
                     if watch is not None:
                         watch(i + 1, target, np.asarray(value))

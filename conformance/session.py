@@ -218,7 +218,7 @@ class Options:
             frameworks = tuple(fw for fw in FRAMEWORKS if availability(fw).adapter)
             frameworks += tuple(t for t, fw in sorted(targets.items()) if fw in frameworks)
             self.selection = Selection(**{**vars(self.selection), "frameworks": frameworks})
-        refused = {m: where for m, where in catalog.imports(self.selection.frameworks).items() if m not in self.allow_import}
+        refused = {m: where for m, where in catalog.imports(self.selection.frameworks, self.selection.rules).items() if m not in self.allow_import}
         if refused:
             lines = [f"  {m}: named by {'; '.join(where)}" for m, where in sorted(refused.items())]
             raise ValueError(

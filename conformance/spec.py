@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -202,6 +202,8 @@ class ExtensionModel(_Model):
     """A user's file that adds targets to a rule defined elsewhere (`extends`)."""
 
     extends: str
+    #: variants of the user's own (a library's documented difference), named and cited like the spec's
+    variants: dict[str, VariantModel] = Field(default_factory=dict)
     frameworks: dict[str, FrameworkModel]
 
     @field_validator("frameworks")
@@ -228,6 +230,14 @@ class SpecModel(_Model):
     frameworks: dict[str, FrameworkModel] = Field(default_factory=dict)
     tolerance: dict[Literal["float16", "bfloat16", "float32", "float64"], ToleranceModel] = Field(default_factory=dict)
     cases: list[str] = Field(default_factory=list)
+    increments: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "intermediates that frameworks may compute as an increment of another value (Lion's"
+            " c = beta1*m + (1 - beta1)*g as m + (1 - beta1)*(g - m), torch.lerp): the rounding model"
+            " gives them the error such an increment has (u times that value), as it does for every state slot"
+        ),
+    )
 
 
 # --------------------------------------------------------------------------
@@ -387,6 +397,7 @@ class Spec:
     modes: dict[tuple[str, str], ModeConfig]
     tolerance: dict[str, ToleranceModel]
     cases: tuple[str, ...]
+    increments: dict[str, str] = field(default_factory=dict)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -553,33 +564,7 @@ def _build(rule: str, file: str, model: SpecModel, src: Located) -> Spec:
         raise src.error(("step",), "the step never assigns p (the parameter update)")
 
     variants: dict[str, Variant] = {"lazy": LAZY}
-    for name, vm in model.variants.items():
-        if not name.isidentifier():
-            raise src.error(("variants", name), f"{name!r} is not a valid variant name")
-        defined = base_known | {eq.target for eq in step}
-        pairs: list[tuple[str, Expression]] = []
-        for i, text in enumerate(vm.equations):
-            path = ("variants", name, "equations", i)
-            try:
-                target, rhs = parse_equation(text)
-            except ExprError as exc:
-                raise src.error(path, str(exc)) from None
-            if target in readonly:
-                raise src.error(path, f"{target!r} is an input of the step and cannot be assigned")
-            defined.add(target)
-            pairs.append((target, expr(path, rhs, defined)))
-        inits = []
-        for slot, value in vm.state.items():
-            if slot not in model.state:
-                raise src.error(("variants", name, "state", slot), f"{slot!r} is not a state slot of this rule")
-            inits.append((slot, expr(("variants", name, "state", slot), value, hp_names | {"p"})))
-        variant = Variant(name, vm.explain, vm.cite, tuple(pairs), vm.sparse, tuple(inits), vm.precision)
-        try:
-            composed = _apply_variant(list(step), variant)
-        except ValueError as exc:
-            raise src.error(("variants", name), str(exc)) from None
-        _check_order(composed, base_known, src, ("variants", name))
-        variants[name] = variant
+    variants.update(_variants(model.variants, step, base_known, readonly, hp_names, set(model.state), src, expr))
 
     modes = _framework_modes(model.frameworks, hp_names, set(model.state), variants, src, expr, file)
     return Spec(
@@ -597,6 +582,7 @@ def _build(rule: str, file: str, model: SpecModel, src: Located) -> Spec:
         modes=modes,
         tolerance=dict(model.tolerance),
         cases=tuple(_case_paths(model.cases, file, src)),
+        increments=_increments(model, step, src),
     )
 
 
@@ -628,8 +614,26 @@ def extend_spec(base: Spec, path: str | Path) -> Spec:
         if any(fw == name for fw, _ in base.modes):
             raise located.error(("frameworks", name), f"{base.rule} already has a column {name!r} (from {base.file})")
     expr = functools.partial(_located_expression, located)
-    added = _framework_modes(model.frameworks, set(base.hyperparameters), set(base.state), base.variants, located, expr, str(path))
-    return replace(base, frameworks={**base.frameworks, **model.frameworks}, modes={**base.modes, **added})
+    for name in model.variants:
+        if name in base.variants:
+            raise located.error(("variants", name), f"{base.rule} already has a variant {name!r} (from {base.file}); name yours otherwise")
+    hp_names = set(base.hyperparameters)
+    base_known = hp_names | set(base.state) | set(STEP_INPUTS)
+    variants = {**base.variants, **_variants(model.variants, base.step, base_known, hp_names | {"t", "lr"}, hp_names, set(base.state), located, expr)}
+    added = _framework_modes(model.frameworks, hp_names, set(base.state), variants, located, expr, str(path))
+    return replace(base, variants=variants, frameworks={**base.frameworks, **model.frameworks}, modes={**base.modes, **added})
+
+
+def _increments(model: SpecModel, step: tuple[Equation, ...], src: Located) -> dict[str, str]:
+    """`increments`: each an intermediate of the step, of a value read before it."""
+    order = [eq.target for eq in step]
+    for name, of in model.increments.items():
+        path = ("increments", name)
+        if name not in order or name == "p" or name in model.state:
+            raise src.error(path, f"{name!r} is not an intermediate of the step (p and state slots are increments already)")
+        if of not in model.state and of not in order[: order.index(name)] and of not in ("p", "g"):
+            raise src.error(path, f"{of!r} is not a state slot or a value computed before {name!r}")
+    return dict(model.increments)
 
 
 def _case_paths(cases: list[str], file: str, src: Located) -> list[str]:
@@ -678,6 +682,39 @@ def _check_order(eqs: list[Equation], known: set[str], src: Located, path: KeyPa
 
 #: a target's name is a column of the matrix and part of cell ids
 _TARGET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def _variants(models, step, base_known, readonly, hp_names, state_names, src, expr) -> dict[str, Variant]:
+    """The variants of `models`, each composed with `step` and checked (located in `src`)."""
+    variants: dict[str, Variant] = {}
+    for name, vm in models.items():
+        if not name.isidentifier():
+            raise src.error(("variants", name), f"{name!r} is not a valid variant name")
+        defined = base_known | {eq.target for eq in step}
+        pairs: list[tuple[str, Expression]] = []
+        for i, text in enumerate(vm.equations):
+            path = ("variants", name, "equations", i)
+            try:
+                target, rhs = parse_equation(text)
+            except ExprError as exc:
+                raise src.error(path, str(exc)) from None
+            if target in readonly:
+                raise src.error(path, f"{target!r} is an input of the step and cannot be assigned")
+            defined.add(target)
+            pairs.append((target, expr(path, rhs, defined)))
+        inits = []
+        for slot, value in vm.state.items():
+            if slot not in state_names:
+                raise src.error(("variants", name, "state", slot), f"{slot!r} is not a state slot of this rule")
+            inits.append((slot, expr(("variants", name, "state", slot), value, hp_names | {"p"})))
+        variant = Variant(name, vm.explain, vm.cite, tuple(pairs), vm.sparse, tuple(inits), vm.precision)
+        try:
+            composed = _apply_variant(list(step), variant)
+        except ValueError as exc:
+            raise src.error(("variants", name), str(exc)) from None
+        _check_order(composed, base_known, src, ("variants", name))
+        variants[name] = variant
+    return variants
 
 
 def _framework_modes(sections, hp_names, state_names, variants, src, expr, file) -> dict[tuple[str, str], ModeConfig]:

@@ -326,3 +326,19 @@ def test_mxnet_adamax_has_no_eps_and_gives_nan_where_the_gradient_has_been_zero(
     assert r.outcome in (CONFORMS, KNOWN) and not r.failing, r.reason
     assert np.isnan(r.observed.params[0, 0]) and r.observed.params[0, 1] == pytest.approx(0.998)
     assert r.precision.outcome == NONFINITE and r.precision.declared
+
+
+def test_lion_direction_written_as_a_lerp_of_the_momentum_is_undetermined_where_it_cancels(catalog):
+    """Lion's c = beta1*m + (1 - beta1)*g is computed by torch-style libraries as
+    m.lerp(g, 1 - beta1), whose error scales with |m| (the spec's `increments`):
+    with beta1 near 0 and g = 0, c = beta1*m is far below u*|m|, so its sign is
+    the rounding's and the element is not judged from that step on."""
+    from conformance.compare import reference
+    from conformance.tolerance import tolerance_for
+
+    spec = catalog.get("lion")
+    assert spec.increments == {"c": "m"}
+    case = _case("lion", "torch", "forloop", "float64", {"lr": 1e-4, "beta1": 1.1754943508222875e-38, "beta2": 0.99, "weight_decay": 0.0},
+                 [0.0], [[1.0], [0.0]])
+    ref = reference(spec, case, (), tolerance_for(spec, "float64"))
+    assert not ref.undetermined[0].any() and ref.undetermined[1].all()

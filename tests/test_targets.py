@@ -170,3 +170,27 @@ def test_target_sections_are_checked_with_file_and_line(user):
                                     "    args: {lr: lr}\n    modes: {forloop: {}}\n    sparse: {semantics: unsupported}\n", encoding="utf-8")
     with pytest.raises(SourceError, match="already has a column 'torch'"):
         load_catalog([specs])
+
+
+def test_a_users_file_names_its_own_variant_and_expects_it(user):
+    specs, code = user
+    _module(code, "documented_optim", planted_bug=True)
+    variant = {"no_first_moment_correction": {
+        "explain": "the first moment is not bias-corrected (the library documents it)",
+        "cite": "documented_optim.py AdamW.step",
+        "equations": ["m_hat = m"],
+    }}
+    _target(specs, "documented.AdamW", "documented_optim.AdamW", expect=["no_first_moment_correction"])
+    data = yaml.safe_load((specs / "documented.AdamW.yaml").read_text())
+    (specs / "documented.AdamW.yaml").write_text(yaml.safe_dump({"extends": "adamw", "variants": variant, "frameworks": data["frameworks"]}, sort_keys=False))
+    session = _session(specs, ("documented.AdamW",), ("documented_optim",))
+    try:
+        (cell,) = session.cells()
+        result = session.run_cell(cell)
+    finally:
+        session.close()
+    assert not result.failed and result.outcome == "known-divergence"
+    (specs / "documented.AdamW.yaml").write_text(yaml.safe_dump({"extends": "adamw", "variants": {"epsilon_hat": variant["no_first_moment_correction"]},
+                                                                 "frameworks": data["frameworks"]}, sort_keys=False))
+    with pytest.raises(SourceError, match="already has a variant 'epsilon_hat'"):
+        load_catalog([specs])
