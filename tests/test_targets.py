@@ -194,3 +194,49 @@ def test_a_users_file_names_its_own_variant_and_expects_it(user):
                                                                  "frameworks": data["frameworks"]}, sort_keys=False))
     with pytest.raises(SourceError, match="already has a variant 'epsilon_hat'"):
         load_catalog([specs])
+
+
+def _copied_target(specs: Path, rule: str, framework: str, column: str, optimizer: str, modes: dict) -> None:
+    """A target whose section is the built-in one of `framework`, pointed at a user's optimizer."""
+    data = yaml.safe_load((builtin_spec_dir() / f"{rule}.yaml").read_text())
+    section = dict(data["frameworks"][framework], framework=framework, optimizer=optimizer, modes=modes)
+    section.pop("known_issues", None)
+    # (entries name the modes kept; those only for the modes of other optimizers, e.g. TF1's, go with them)
+    kept = []
+    for u in section.get("unsupported", []):
+        if u.get("modes") is not None:
+            u = dict(u, modes=[m for m in u["modes"] if m in modes])
+            if not u["modes"]:
+                continue
+        kept.append(u)
+    section["unsupported"] = kept
+    (specs / f"{column}.yaml").write_text(yaml.safe_dump({"extends": rule, "frameworks": {column: section}}, sort_keys=False), encoding="utf-8")
+
+
+@pytest.mark.parametrize("framework, module, column, modes", [
+    # an optax GradientTransformation factory: a chain of optax's own pieces (learning_rate
+    # may be a schedule, as for optax's aliases: a case with a per-step learning rate passes one)
+    ("jax", "def my_adam(learning_rate, b1, b2, eps, eps_root):\n"
+            "    import optax\n"
+            "    return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root), optax.scale_by_learning_rate(learning_rate))\n",
+     "mine.optax_adam", {"eager": {}}),
+    # a Keras optimizer subclass
+    ("tensorflow", "import keras\n\nclass MyAdam(keras.optimizers.Adam):\n    pass\n", "mine.KerasAdam", {"eager": {}}),
+])
+def test_optax_and_keras_targets_follow_what_their_framework_computes(user, framework, module, column, modes):
+    pytest.importorskip("optax" if framework == "jax" else "tensorflow")
+    specs, code = user
+    (code / f"mine_{framework}.py").write_text(module, encoding="utf-8")
+    _copied_target(specs, "adam", framework, column, f"mine_{framework}." + ("my_adam" if framework == "jax" else "MyAdam"), modes)
+    catalog = load_catalog([specs])
+    options = Options(selection=Selection(rules=("adam",), frameworks=(column,), devices=("cpu",), dtypes=("float32",), gradients=("dense",)),
+                      profile=PROFILES["ci"], examples=6, isolation="worker", allow_import=frozenset({f"mine_{framework}"}))
+    options.with_default_frameworks(catalog)
+    session = Session(catalog, options)
+    try:
+        (cell,) = session.cells()
+        result = session.run_cell(cell)
+    finally:
+        session.close()
+    assert not result.failed, [(r.outcome, r.reason, r.detail[-600:]) for r in result.records if r.failing][:2]
+    assert result.outcome in (CONFORMS, "known-divergence") and len(result.records) >= 6
