@@ -61,20 +61,22 @@ def user(tmp_path, monkeypatch):
     return specs, code
 
 
-def _session(specs: Path, frameworks: tuple[str, ...], allow: tuple[str, ...]) -> Session:
+def _session(specs: Path, frameworks: tuple[str, ...], allow: tuple[str, ...], out: Path | None = None) -> Session:
     catalog = load_catalog([specs])
     options = Options(selection=Selection(rules=("adamw",), frameworks=frameworks, devices=("cpu",), dtypes=("float64",), gradients=("dense",)),
                       profile=PROFILES["ci"], examples=8, isolation="inprocess", allow_import=frozenset(allow))
     options.with_default_frameworks(catalog)
-    return Session(catalog, options)
+    return Session(catalog, options, out)
 
 
-def test_a_target_found_by_spec_runs_beside_the_framework_and_conforms(user):
+def test_a_target_found_by_spec_runs_beside_the_framework_and_conforms(user, tmp_path):
     specs, code = user
     _module(code, "team_optim")
     _target(specs, "team.AdamW", "team_optim.AdamW")
-    session = _session(specs, ("torch", "team.AdamW"), ("team_optim",))
+    out = tmp_path / "run"
+    session = _session(specs, ("torch", "team.AdamW"), ("team_optim",), out)
     try:
+        session.write_environment(["torch", "team.AdamW"])
         cells = session.cells()
         assert {c.framework for c in cells} == {"torch", "team.AdamW"}  # a column of its own
         mine = [c for c in cells if c.framework == "team.AdamW"]
@@ -86,6 +88,12 @@ def test_a_target_found_by_spec_runs_beside_the_framework_and_conforms(user):
         assert described["target_of"] == "torch" and "team_optim" in described["imports"]
     finally:
         session.close()
+    # the report says which module the target imported, from where
+    from conformance.report import write_report
+    from conformance.results import write_summary
+
+    html = Path(write_report(out, write_summary(out), load_catalog([specs]))).read_text()
+    assert "a target, run by torch" in html and "imported: team_optim (no version)" in html and str(code / "team_optim.py") in html
 
 
 def test_a_planted_bug_diverges_at_its_first_step(user):
