@@ -459,19 +459,20 @@ def _subnormal_input(mode: ModeConfig, case: Case, hp: dict[str, Any]) -> str | 
                         f"{name} = {value!r} is {where} {dtype}, where {mode.optimizer} stores it: whether it (or one"
                         " rounding step below it) is flushed to zero depends on the framework's flush-to-zero mode"
                     )
-    # A hyperparameter the framework computes with in the parameter's dtype (cast,
-    # tensor) that is subnormal there, in float32 or float64: whether a kernel
-    # flushes it depends on the framework (TensorFlow and XLA flush on the CPU),
-    # and where it meets a 0 (0 ** lr_power) it decides the value. (In float16 and
-    # bfloat16 subnormal hyperparameters are ordinary, eps = 1e-6, and judged.)
-    if mode.hyperparameter_dtype in ("cast", "tensor") and case.dtype in ("float32", "float64"):
-        smallest = 2.0 ** PRECISION[case.dtype][1]
-        for name, value in hp.items():
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating)) or value == 0:
-                continue
-            if abs(value) < smallest:
-                return (f"{name} = {value!r} is subnormal in {case.dtype}, where {mode.optimizer} computes with it:"
-                        " whether it is flushed to zero depends on the framework's flush-to-zero mode")
+    # A hyperparameter below the normal range of the precision a framework may
+    # compute with it in: float64 for a float64 case, float32 (the compute type of
+    # float32, bfloat16 and float16 kernels) otherwise. Whether a kernel flushes it
+    # to zero depends on the framework (TensorFlow and XLA flush on the CPU), and
+    # where it meets a 0 (0 ** lr_power) it decides the value. (A float16 case's
+    # eps = 1e-6, subnormal in float16 but not in float32, is judged.)
+    compute = "float64" if case.dtype == "float64" else "float32"
+    smallest = 2.0 ** PRECISION[compute][1]
+    for name, value in hp.items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating)) or value == 0:
+            continue
+        if abs(value) < smallest:
+            return (f"{name} = {value!r} is subnormal in {compute}, where {mode.optimizer} may compute with it:"
+                    " whether it is flushed to zero depends on the framework's flush-to-zero mode")
     return None
 
 
