@@ -87,7 +87,11 @@ def skipped_lines(summary: dict[str, Any], limit: int = 6) -> list[str]:
         if c.get("skipped"):
             reasons[c["skipped"]] += 1
         elif c["outcome"] == "unsupported" and c.get("unsupported_reasons"):
-            reasons[max(c["unsupported_reasons"], key=c["unsupported_reasons"].get)] += 1
+            reason = max(c["unsupported_reasons"], key=c["unsupported_reasons"].get)
+            # a cross cell says which side was unsupported ("updater on cpu unsupported: ...");
+            # grouped with the plain cells of the same reason (the report keeps the side)
+            side, sep, rest = reason.partition(" unsupported: ")
+            reasons[rest if sep and " on " in side else reason] += 1
     lines = [_cut(f"  {n:>5}  {reason}") for reason, n in reasons.most_common(limit)]
     rest = reasons.most_common()[limit:]
     if rest:

@@ -126,3 +126,15 @@ def test_seed_last_replays_the_previous_run_s_seed(tmp_path, monkeypatch, capsys
     drawn = json.loads(next((tmp_path / "b").glob("environment-*.json")).read_text())["run"]["seed"]
     assert main([*argv, "--profile", "dev", "--seed", "last", "--out", "c"]) == 0
     assert json.loads(next((tmp_path / "c").glob("environment-*.json")).read_text())["run"]["seed"] == drawn
+
+
+def test_a_cross_cells_side_prefix_does_not_split_a_skip_reason():
+    from conformance.terminal import skipped_lines
+
+    why = "mxnet Ftrl keeps its state in float32 whatever the weight's dtype"
+    summary = {"cells": [
+        {"outcome": "unsupported", "unsupported_reasons": {why: 3}},
+        {"outcome": "unsupported", "unsupported_reasons": {f"updater on cpu unsupported: {why}": 3}},
+    ]}
+    (line,) = skipped_lines(summary)
+    assert line.split(None, 1) == ["2", why]
