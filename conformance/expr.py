@@ -47,6 +47,12 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int]] = {
     # float32(x): x rounded to float32 (kept in the compute dtype), e.g. a
     # Python float that TensorFlow's tf.cast turns into a float32 tensor first.
     "float32": (lambda x: x.astype(np.float32).astype(x.dtype) if isinstance(x, np.ndarray) else type(x)(np.float32(x)), 1),
+    # norm(x): the L2 norm of x over the whole parameter tensor (LAMB's trust
+    # ratio), one value per tensor that broadcasts against it. Under a rounding
+    # model each square is rounded, and the sum gets one rounding per level of a
+    # pairwise summation (ceil(log2 n) + 1 of them), the order frameworks' vectorized
+    # reductions follow; then the square root (Rounding.reduction).
+    "norm": (None, 1),  # type: ignore[dict-item]
 }
 
 #: Key of the case-dtype rounding function in an expression's environment.
@@ -165,6 +171,27 @@ def _scalar_truth(value: Any, source: str) -> bool:
 ROUNDING = "__rounding__"
 
 
+def _norm_node(arg: Node, rounded: bool) -> Node:
+    """norm(x): sqrt of the sum of squares over the parameter's axes (not a
+    rounding model's leading sample axis), kept as size-1 axes to broadcast."""
+
+    def run(env: Env) -> tuple[Any, bool]:
+        x = arg(env)[0]
+        if type(x) is not np.ndarray:
+            return np.abs(x), False
+        rounding = env.get(ROUNDING) if rounded else None
+        lead = 1 if rounding is not None and rounding.samples and x.ndim == rounding.full_ndim else 0
+        axes = tuple(range(lead, x.ndim))
+        if rounding is None:
+            return np.sqrt(np.sum(np.square(x), axis=axes, keepdims=True)), True
+        squares = rounding(np.square(x))
+        n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
+        total = rounding.reduction(np.sum(squares, axis=axes, keepdims=True), n)
+        return rounding(np.sqrt(total)), True
+
+    return run
+
+
 def _rounded_node(node: Node) -> Node:
     def run(env: Env) -> tuple[Any, bool]:
         value, fresh = node(env)
@@ -272,6 +299,8 @@ def compile_expression(
             if len(node.args) != arity or any(isinstance(a, ast.Starred) for a in node.args):
                 raise ExprError(f"{node.func.id}() takes {arity} argument(s) in {source!r}")
             args = [build(a) for a in node.args]
+            if node.func.id == "norm":
+                return _norm_node(args[0], rounded)
             if fn is None:  # in_dtype
                 only_arg = args[0]
 

@@ -52,6 +52,7 @@ class RoundingModel(Protocol):
     def gradient(self, g: np.ndarray, repeated_abs: np.ndarray) -> np.ndarray: ...
     def taint_below(self, values: np.ndarray) -> None: ...
     def edge_argument(self, kind: str, x: np.ndarray) -> None: ...
+    def reduction(self, total: np.ndarray, n: int) -> np.ndarray: ...
     def end_step(self) -> None: ...
 
 
@@ -254,6 +255,14 @@ class Rounding:
         tiny = values < self.min_normal
         if tiny.any():
             self.taint = tiny.copy() if self.taint is None else (self.taint | tiny)
+
+    def reduction(self, total: np.ndarray, n: int) -> np.ndarray:
+        """A sum of `n` terms of one sign (squares), computed exactly, rounded as a
+        pairwise summation is: once per level of its tree, ceil(log2 n) + 1 times
+        (a directed run pushes every level the same way; random jitter adds up)."""
+        for _ in range(int(np.ceil(np.log2(max(n, 1)))) + 1):
+            total = self(total)
+        return total
 
     def edge_argument(self, kind: str, x: np.ndarray) -> None:
         """Record the argument of a square root or sign (see `undetermined_edges`)."""

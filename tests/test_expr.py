@@ -61,3 +61,34 @@ def test_names_are_recorded():
 def test_parse_equation_refuses(text):
     with pytest.raises(ExprError):
         parse_equation(text)
+
+
+def test_norm_is_the_per_tensor_l2_norm_and_broadcasts():
+    from conformance.expr import compile_expression
+
+    x = np.array([[3.0, 0.0], [0.0, 4.0]])
+    e = compile_expression("x / norm(x)", {"x"})
+    np.testing.assert_array_equal(e({"x": x}), x / 5.0)
+    assert e.names == {"x"}
+
+
+def test_norm_under_the_sampled_rounding_model_reduces_each_sample_apart():
+    """With a leading sample axis, norm reduces the parameter's axes only; each
+    sample's sum is rounded once per level of a pairwise summation, and the
+    batched model gives the serial runs bit for bit."""
+    from conformance.expr import ROUNDING, rounded_twin
+    from conformance.tolerance import _DIRECTED, Rounding, SampledRounding
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 3)).astype(np.float32).astype(np.float64)
+    e = rounded_twin("norm(x) * 2")
+    sampled = SampledRounding("float32", 5, np.random.default_rng(0))
+    sampled.bind(x.shape)
+    got = e({"x": np.broadcast_to(x, (5,) + x.shape).copy(), ROUNDING: sampled})
+    assert got.shape == (5, 1, 1)
+    for i in range(5):
+        serial = Rounding("float32", None if i == 0 else _DIRECTED[i - 1])
+        assert got[i, 0, 0] == e({"x": x.copy(), ROUNDING: serial})[0, 0]
+    exact = 2 * np.sqrt(np.sum(x * x))
+    assert np.all(np.abs(got - exact) <= 8 * 2.0 ** -24 * exact)  # 4 levels of pairwise rounding, and the sqrt
+    assert len(set(got.ravel())) > 1  # the directed runs push the sum apart
