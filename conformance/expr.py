@@ -327,7 +327,14 @@ def compile_expression(
                 return _rounded_node(unary) if rounded else unary
 
             def call(env: Env) -> tuple[Any, bool]:
-                result = fn(*(a(env)[0] for a in args))
+                values = [a(env)[0] for a in args]
+                result = fn(*values)
+                if (type(result) is np.ndarray and any(isinstance(v, SampleScalar) for v in values)
+                        and all(isinstance(v, SampleScalar) or np.ndim(v) == 0 for v in values)):
+                    # (where() of per-sample scalars, RAdam's rectification test: still a scalar of the rule)
+                    result = result.view(SampleScalar)
+                elif type(result) is np.ndarray and result.ndim == 0:
+                    result = result[()]  # (where() of scalars: a scalar, as in the sampled model)
                 return result, False
 
             return _rounded_node(call) if rounded else call
