@@ -58,7 +58,7 @@ def _optax_loop(optimizer, args, params, grads, dtype, lr_schedule=None, lr_arg=
     if lr_schedule is not None:
         lrs = jnp.asarray(lr_schedule, dtype=jnp.float64)
         kwargs[lr_arg] = lambda count: lrs[count]
-    tx = adapter._factory(optimizer)(**kwargs)
+    tx = adapter._factory({"optimizer": optimizer})(**kwargs)
     p = jnp.asarray(params, dtype=adapter._DTYPES[dtype])
     state = tx.init(p)
     out = []
@@ -95,7 +95,7 @@ def test_defaults_are_optax_signature_defaults():
     assert adapter.defaults({"optimizer": "optax.sgd", "mode": "eager"})["momentum"] is None
     assert adapter.defaults({"optimizer": "optax.nadam", "mode": "eager"})["nesterov"] is True  # a functools.partial
     for name in ("optax.sgd", "optax.rmsprop", "optax.adagrad", "optax.adadelta", "optax.adamw", "optax.amsgrad"):
-        sig = inspect.signature(adapter._factory(name))
+        sig = inspect.signature(adapter._factory({"optimizer": name}))
         got = adapter.defaults({"optimizer": name, "mode": "eager"})
         for arg, param in sig.parameters.items():
             if param.default is param.empty:
