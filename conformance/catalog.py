@@ -8,6 +8,7 @@ nothing: the first malformed file stops it with a located error.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -36,6 +37,10 @@ class Catalog:
 
     def targets(self) -> dict[str, str]:
         """Each user's target (a column that is not a framework) -> the framework that runs it."""
+        return self._targets
+
+    @functools.cached_property
+    def _targets(self) -> dict[str, str]:  # (asked for every cell: computed once)
         return {cfg.framework: cfg.adapter for spec in self.specs.values() for cfg in spec.modes.values() if cfg.adapter}
 
     def imports(self, frameworks: Iterable[str] | None = None, rules: Iterable[str] | None = None) -> dict[str, list[str]]:

@@ -394,13 +394,13 @@ def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, 
             raise ValueError(f"cannot replay on {case.framework}: {a.reason}")
     host = make_host(runs_on, "worker" if runs_on in pythons else isolation, pythons.get(runs_on))
     if runs_on != case.framework:  # a user's target: its module, if the user allows it
-        modules = sorted(catalog.imports([case.framework]))
-        refused = [m for m in modules if m not in allow_import]
-        if refused:
+        from .session import target_host
+
+        try:
+            host = target_host(catalog, case.framework, host, allow_import)
+        except ValueError:
             host.close()
-            raise ValueError(f"{case.framework} runs {', '.join(refused)}'s code: allow it with "
-                             + " ".join(f"--allow-import {m}" for m in refused))
-        host = TargetHost(case.framework, host, tuple(modules))
+            raise
     try:
         if cross:
             from dataclasses import replace

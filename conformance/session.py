@@ -155,6 +155,16 @@ def option_argv(namespace: Any, leave: Iterable[str] = ()) -> list[str]:
     return argv
 
 
+def target_host(catalog: Catalog, target: str, host: Any, allow_import: frozenset[str]) -> TargetHost:
+    """A user's target on its framework's `host`, importing its modules, each
+    of which the user must have allowed (else an error that says how)."""
+    modules = tuple(sorted(catalog.imports([target])))
+    refused = [m for m in modules if m not in allow_import]
+    if refused:
+        raise ValueError(f"{target} runs {', '.join(refused)}'s code: allow it with " + " ".join(f"--allow-import {m}" for m in refused))
+    return TargetHost(target, host, modules)
+
+
 @dataclass
 class Options:
     selection: Selection = field(default_factory=Selection)
@@ -282,12 +292,8 @@ class Session:
         runs_on = self.runs_on(framework)
         if runs_on != framework:
             key = f"{framework}@{env}" if env else framework
-            if key not in self._hosts:
-                modules = tuple(sorted({cfg.imports for spec in self.catalog for cfg in spec.modes.values() if cfg.framework == framework and cfg.imports}))
-                refused = [m for m in modules if m not in self.options.allow_import]
-                if refused:  # (with_default_frameworks refuses the run before this)
-                    raise ValueError(f"{framework} needs module {refused[0]!r}, which is not allowed (--allow-import {refused[0]})")
-                self._hosts[key] = TargetHost(framework, self.host(runs_on, env), modules)
+            if key not in self._hosts:  # (with_default_frameworks refuses a run that would need leave first)
+                self._hosts[key] = target_host(self.catalog, framework, self.host(runs_on, env), self.options.allow_import)
             return self._hosts[key]
         key = framework if not env else f"{framework}@{env}"
         if key not in self._hosts:
