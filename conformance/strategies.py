@@ -3,13 +3,14 @@
 Everything a case needs is drawn in an order that shrinks well: the number
 of steps first (towards 1), then the shape (towards a scalar, then small
 tensors), then the hyperparameters (towards the canonical defaults), then
-the values (towards plain numbers in [-2, 2]).
+the values (per tensor a kind and a numpy seed, towards plain numbers in
+[-2, 2]).
 
 - Hyperparameters come from each one's `domain` (log scale where declared)
   with priority for the special values: zero and the others the spec lists,
   the canonical default and the framework's native default.
 - Values have edge cases per tensor: zeros (a zero gradient step), tiny and
-  huge magnitudes, mixed signs and subnormals, with ranges per dtype chosen
+  huge magnitudes, mixed signs, exact small numbers and subnormals, with ranges per dtype chosen
   so that the ordinary math of the rules (g*g) stays inside the format
   (float16 overflows at 65504: no "huge" float16 gradient beyond 100).
 - Part of the examples carry a per-step learning rate (it exposes where a
@@ -34,7 +35,6 @@ from typing import Any
 
 import numpy as np
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from .case import Case
 from .dtypes import round_to
@@ -103,45 +103,61 @@ _RANGES: dict[str, dict[str, tuple[float, float]]] = {
 _KINDS = ("normal", "zeros", "mixed", "tiny", "huge")
 
 
-def _magnitude(lo: float, hi: float) -> st.SearchStrategy[float]:
-    return st.builds(
-        lambda e, neg: (-1.0 if neg else 1.0) * 10.0**e,
-        st.floats(lo, hi, allow_nan=False, allow_infinity=False),
-        st.booleans(),
-    )
-
-
-def _elements(kind: str, dtype: str) -> st.SearchStrategy[float]:
+def _values(rng: np.random.Generator, kind: str, dtype: str, size: int) -> np.ndarray:
+    """`size` values of one tensor kind (before rounding to `dtype`)."""
     ranges = _RANGES[dtype]
-    normal = st.floats(-2.0, 2.0, allow_nan=False, allow_infinity=False)
+
+    def magnitude(lo: float, hi: float, n: int) -> np.ndarray:
+        return np.where(rng.random(n) < 0.5, -1.0, 1.0) * 10.0 ** rng.uniform(lo, hi, n)
+
     if kind == "normal":
-        return normal
-    if kind == "mixed":
-        return st.one_of(
-            normal,
-            st.just(0.0),
-            _magnitude(*ranges["tiny"]),
-            _magnitude(*ranges["huge"]),
-            _magnitude(*ranges["subnormal"]),
-        )
-    return _magnitude(*ranges[kind])
+        return rng.uniform(-2.0, 2.0, size)
+    if kind != "mixed":
+        return magnitude(*ranges[kind], size)
+    # each element one of: a plain number, an exact small one (0, +-0.5, +-1,
+    # +-2: ties and exact products), tiny, huge, subnormal
+    pick = rng.integers(0, 5, size)
+    out = rng.uniform(-2.0, 2.0, size)
+    out = np.where(pick == 1, rng.choice(_EXACT, size), out)
+    for k, name in ((2, "tiny"), (3, "huge"), (4, "subnormal")):
+        out = np.where(pick == k, magnitude(*ranges[name], size), out)
+    return out
 
 
-@st.composite
-def tensors(draw, shape: tuple[int, ...], dtype: str, allow_zero: bool = True) -> np.ndarray:
-    """One tensor of `shape`, rounded to `dtype` (held as float64)."""
-    kinds = _KINDS if allow_zero else tuple(k for k in _KINDS if k != "zeros")
-    kind = draw(st.sampled_from(kinds))
+_EXACT = np.array([0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0])
+
+
+_KIND_OF = {True: st.sampled_from(_KINDS), False: st.sampled_from(tuple(k for k in _KINDS if k != "zeros"))}
+_SEED = st.integers(0, 2**32 - 1)
+
+
+def tensor(draw, shape: tuple[int, ...], dtype: str, allow_zero: bool = True) -> np.ndarray:
+    """One tensor of `shape`, rounded to `dtype` (held as float64); `draw`
+    is a composite strategy's.
+
+    Hypothesis draws the tensor's kind and a seed; numpy draws the values
+    from them. Drawing every element through hypothesis cost about 30 ms per
+    case (two thirds of a torch cell's time, measured with cProfile over the
+    torch float32 and bfloat16 cells); this is two draws per tensor.
+    A shrunk case keeps random-looking values (the seed shrinks to 0, the
+    kind to plain numbers in [-2, 2]); steps, shape and hyperparameters
+    shrink as before.
+    """
+    kind = draw(_KIND_OF[allow_zero])
     if kind == "zeros":
         return np.zeros(shape)
-    a = draw(hnp.arrays(np.float64, shape, elements=_elements(kind, dtype)))
+    size = int(np.prod(shape, dtype=np.int64))
+    a = _values(np.random.default_rng(draw(_SEED)), kind, dtype, size).reshape(shape)
     return round_to(a, dtype)
+
+
+_RANK = st.sampled_from((0, 1, 2, 3))
 
 
 @st.composite
 def shapes(draw, max_size: int) -> tuple[int, ...]:
     """Scalar, vector, matrix or 3-d tensor with at most `max_size` elements."""
-    rank = draw(st.sampled_from((0, 1, 2, 3)))
+    rank = draw(_RANK)
     dims: list[int] = []
     room = max_size
     for _ in range(rank):
@@ -171,13 +187,19 @@ def hyperparameter(spec: Spec, name: str, native_default: Any = None) -> st.Sear
     return st.one_of(st.sampled_from(specials), ranged)
 
 
-@st.composite
-def hyperparameters(draw, spec: Spec, mode: ModeConfig) -> dict[str, Any]:
-    hp = {name: draw(hyperparameter(spec, name, mode.defaults.get(name))) for name in spec.hyperparameters}
-    keep_as_drawn = draw(st.integers(0, 15)) == 15
-    if not keep_as_drawn:
-        hp = repair(spec, mode, hp)
-    return hp
+def hyperparameters(spec: Spec, mode: ModeConfig) -> st.SearchStrategy[dict[str, Any]]:
+    each = {name: hyperparameter(spec, name, mode.defaults.get(name)) for name in spec.hyperparameters}
+    keep = st.integers(0, 15)
+
+    @st.composite
+    def draw_hyperparameters(draw) -> dict[str, Any]:
+        hp = {name: draw(strategy) for name, strategy in each.items()}
+        keep_as_drawn = draw(keep) == 15
+        if not keep_as_drawn:
+            hp = repair(spec, mode, hp)
+        return hp
+
+    return draw_hyperparameters()
 
 
 def repair(spec: Spec, mode: ModeConfig, hp: dict[str, Any]) -> dict[str, Any]:
@@ -194,12 +216,15 @@ def repair(spec: Spec, mode: ModeConfig, hp: dict[str, Any]) -> dict[str, Any]:
     return hp
 
 
+_TOUCHED = st.sampled_from(("some", "all", "some", "some", "empty", "some", "all", "some"))
+
+
 @st.composite
 def touched_rows(draw, n: int, duplicates: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(rows listed once, rows listed twice) of one step of an n-row parameter."""
     # some rows (5 in 8), every row (2 in 8), no row (1 in 8): an empty step in
     # every few cases, not in nearly all of them
-    kind = draw(st.sampled_from(("some", "all", "some", "some", "empty", "some", "all", "some")))
+    kind = draw(_TOUCHED)
     if kind == "empty":
         return (), ()
     if kind == "all":
@@ -214,30 +239,48 @@ def touched_rows(draw, n: int, duplicates: bool) -> tuple[tuple[int, ...], tuple
     return tuple(rows), tuple(twice)
 
 
-@st.composite
 def cases(
-    draw, spec: Spec, mode: ModeConfig, *, device: str, dtype: str, limits: Limits = Limits(), sparse: bool = False
-) -> Case:
-    """A case for the cell (spec.rule, mode.framework, mode.mode, device, dtype); sparse gradients when `sparse`."""
-    steps = draw(st.integers(1, limits.max_steps))
+    spec: Spec, mode: ModeConfig, *, device: str, dtype: str, limits: Limits = Limits(), sparse: bool = False
+) -> st.SearchStrategy[Case]:
+    """Cases for the cell (spec.rule, mode.framework, mode.mode, device, dtype); sparse gradients when `sparse`.
+
+    The strategies it draws from are built once here, not per case (building
+    them per draw cost a third of the drawing).
+    """
     sparse = sparse or mode.gradients == "sparse"
-    if sparse:
-        rows = draw(st.integers(1, max(1, limits.max_size // 2)))
-        cols = draw(st.integers(1, max(1, limits.max_size // rows)))
-        shape: tuple[int, ...] = (rows, cols)
-    else:
-        shape = draw(shapes(limits.max_size))
-    hp = draw(hyperparameters(spec, mode))
-    lr_schedule = None
-    if mode.lr_arg is not None and draw(st.booleans()):
-        lr = hyperparameter(spec, "lr", mode.defaults.get("lr"))
-        lr_schedule = tuple(draw(st.lists(lr, min_size=steps, max_size=steps)))
-    params = draw(tensors(shape, dtype, allow_zero=True))
+    step_count = st.integers(1, limits.max_steps)
+    row_count = st.integers(1, max(1, limits.max_size // 2))
+    shape_of = shapes(limits.max_size)
+    hps = hyperparameters(spec, mode)
+    lr = hyperparameter(spec, "lr", mode.defaults.get("lr")) if mode.lr_arg is not None else None
+    scheduled = st.booleans()
+
+    @st.composite
+    def draw_case(draw) -> Case:
+        steps = draw(step_count)
+        if sparse:
+            rows = draw(row_count)
+            cols = draw(st.integers(1, max(1, limits.max_size // rows)))
+            shape: tuple[int, ...] = (rows, cols)
+        else:
+            shape = draw(shape_of)
+        hp = draw(hps)
+        lr_schedule = None
+        if lr is not None and draw(scheduled):
+            lr_schedule = tuple(draw(st.lists(lr, min_size=steps, max_size=steps)))
+        return _case(draw, spec, mode, device, dtype, steps, shape, hp, lr_schedule, sparse)
+
+    return draw_case()
+
+
+def _case(draw, spec: Spec, mode: ModeConfig, device: str, dtype: str, steps: int, shape: tuple[int, ...], hp: dict[str, Any], lr_schedule, sparse: bool) -> Case:
+    """The tensors of a case whose steps, shape and hyperparameters are drawn."""
+    params = tensor(draw, shape, dtype, allow_zero=True)
     grads = []
     sparse_rows: list[tuple[int, ...]] | None = [] if sparse else None
     slices: list[np.ndarray] = []
     for _ in range(steps):
-        g = draw(tensors(shape, dtype))
+        g = tensor(draw, shape, dtype)
         if sparse:
             rows, twice = draw(touched_rows(shape[0], mode.sparse.duplicates))
             keep = np.zeros(shape[0], dtype=bool)
@@ -247,7 +290,7 @@ def cases(
             values = g[list(listed)].reshape((len(listed),) + shape[1:])
             if twice:
                 # the second slice of each repeated row; the row's gradient is the sum
-                values[len(rows):] = draw(tensors((len(twice),) + shape[1:], dtype))
+                values[len(rows):] = tensor(draw, (len(twice),) + shape[1:], dtype)
                 np.add.at(g, list(twice), values[len(rows):])
                 g = round_to(g, dtype)
             sparse_rows.append(listed)
