@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -76,6 +77,19 @@ class Case:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.params.shape)
+
+    @cached_property
+    def content_digest(self) -> str:
+        """A digest of what the rule computes from: rule, dtype, tensors,
+        hyperparameters, learning-rate schedule and sparse rows; not the
+        framework, mode or device that runs it. Cells that draw the same case
+        share the references judged from it (runner)."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((self.rule, self.dtype, sorted((k, repr(v)) for k, v in self.hyperparameters.items()),
+                       self.lr_schedule, self.sparse_rows, self.params.shape, self.grads.shape)).encode())
+        for a in (self.params, self.grads, *(self.sparse_values or ())):
+            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+        return h.hexdigest()
 
     # ---- JSON -----------------------------------------------------------
 

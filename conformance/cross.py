@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from .case import Case
-from .compare import CONFORMS, CRASH, DIVERGES, KNOWN, UNSUPPORTED, Reference, Trajectories, Verdict, compare, reference, tolerance_for
+from .compare import CONFORMS, CRASH, DIVERGES, KNOWN, UNSUPPORTED, Reference, Trajectories, Verdict, compare, tolerance_for
 from .spec import ModeConfig, Spec
+from .tolerance import shared_reference
 
 SEP = "~"
 #: sparse~dense: a declared difference beyond EDGE x the bound must show, one
@@ -131,7 +132,7 @@ def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: floa
     tol = tolerance_for(spec, case.dtype)
     if sparse_dense:
         return _sparse_dense(spec, cell, mode, case, a, b, tol, t0)
-    ref = reference(spec, case, mode.expect, tol, hyperparameter_dtype=mode.hyperparameter_dtype)
+    ref = shared_reference(spec, case, mode.expect, tol, mode.hyperparameter_dtype)
     # The first side stands in for the reference, with the reference's bound.
     state = {k: v for k, v in a.state.items() if k in b.state}
     as_ref = Reference(mode.expect, Trajectories(a.params, state), ref.bound)
@@ -171,7 +172,7 @@ def _sparse_dense(spec: Spec, cell: Any, mode: ModeConfig, case: Case, sparse: T
     expect_dense = tuple(v for v in mode.expect if v != "lazy")
     # The dense rule on the sparse case: the kernel's noise model then knows
     # the repeated rows, whose slices either side may add in its own order.
-    ref_dense = reference(spec, case, expect_dense, tol, hyperparameter_dtype=mode.hyperparameter_dtype)
+    ref_dense = shared_reference(spec, case, expect_dense, tol, mode.hyperparameter_dtype)
     state = {k: v for k, v in dense.state.items() if k in sparse.state}
     as_ref = Reference(expect_dense, Trajectories(dense.params, state), ref_dense.bound)
     result = compare(Trajectories(sparse.params, {k: sparse.state[k] for k in state}), as_ref, case.dtype)
@@ -184,7 +185,7 @@ def _sparse_dense(spec: Spec, cell: Any, mode: ModeConfig, case: Case, sparse: T
     # -1.5625) either is rounding's call, and the case cannot tell.
     gap = 0.0
     if expect_sparse != expect_dense:
-        ref_sparse = reference(spec, case, expect_sparse, tol, hyperparameter_dtype=mode.hyperparameter_dtype)
+        ref_sparse = shared_reference(spec, case, expect_sparse, tol, mode.hyperparameter_dtype)
         # (judged on what the framework shows: a state slot it does not keep,
         # e.g. a momentum buffer at momentum 0, cannot make the two differ)
         shown = Trajectories(ref_sparse.values.params, {k: v for k, v in ref_sparse.values.state.items() if k in state})

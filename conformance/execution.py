@@ -12,6 +12,7 @@ start and easier to debug, but a segfault there ends the run.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -22,9 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import worker as wire
 from .registry import entry, too_old
@@ -42,6 +46,53 @@ class Answer:
     seconds: float = 0.0
 
 
+def request_key(request: dict[str, Any]) -> str:
+    """A digest of everything an adapter request says (arrays by their bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    plain = {}
+    for k, v in sorted(request.items()):
+        if isinstance(v, np.ndarray):
+            h.update(f"{k}:{v.dtype}:{v.shape}:".encode())
+            h.update(np.ascontiguousarray(v).tobytes())
+        elif k == "sparse_values" and v is not None:
+            for a in v:
+                a = np.asarray(a)
+                h.update(f"{k}:{a.dtype}:{a.shape}:".encode())
+                h.update(np.ascontiguousarray(a).tobytes())
+        else:
+            plain[k] = v
+    h.update(json.dumps(plain, sort_keys=True, default=repr).encode())
+    return h.hexdigest()
+
+
+class AnswerMemo:
+    """The answers a host gave, by request: a framework computes the same
+    trajectory for the same request, so a case that several cells run on one
+    host (a mode's own cell and the cross cells that compare it with another
+    mode draw the same cases) runs once. Kept: "ok" and "unsupported"
+    answers, the last `size`; a crash or a hang runs again. A remembered
+    answer comes back with `seconds` 0 (no framework time was spent)."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self._answers: "OrderedDict[str, Answer]" = OrderedDict()
+        self.hits = 0
+
+    def answer(self, request: dict[str, Any], run: Any) -> Answer:
+        key = request_key(request)
+        hit = self._answers.get(key)
+        if hit is not None:
+            self._answers.move_to_end(key)
+            self.hits += 1
+            return replace(hit, seconds=0.0)
+        answer = run()
+        if answer.status in ("ok", "unsupported"):
+            self._answers[key] = answer
+            if len(self._answers) > self.size:
+                self._answers.popitem(last=False)
+        return answer
+
+
 class InProcessHost:
     """Imports the adapter module here; fastest, but a crash of the framework ends the run."""
 
@@ -53,6 +104,7 @@ class InProcessHost:
         self._module = None
         self._description: dict[str, Any] | None = None
         self.python = sys.executable
+        self.memo = AnswerMemo()
 
     def _adapter(self):
         if self._module is None:
@@ -63,7 +115,7 @@ class InProcessHost:
         return _checked(self.framework, self._call({"op": "describe"}))
 
     def run(self, request: dict[str, Any], timeout: float | None = None) -> Answer:
-        return self._call({"op": "run", "request": request})
+        return self.memo.answer(request, lambda: self._call({"op": "run", "request": request}))
 
     def defaults(self, request: dict[str, Any]) -> Answer:
         return self._call({"op": "defaults", "request": request})
@@ -118,6 +170,7 @@ class WorkerHost:
         self._stderr = None
         self._buffer = b""
         self._description: Answer | None = None
+        self.memo = AnswerMemo()
 
     # -- process management -------------------------------------------------
     def _start(self) -> Answer | None:
@@ -197,7 +250,7 @@ class WorkerHost:
         return self._description
 
     def run(self, request: dict[str, Any], timeout: float | None = None) -> Answer:
-        return self._call({"op": "run", "request": request}, timeout or DEFAULT_TIMEOUT)
+        return self.memo.answer(request, lambda: self._call({"op": "run", "request": request}, timeout or DEFAULT_TIMEOUT))
 
     def defaults(self, request: dict[str, Any]) -> Answer:
         return self._call({"op": "defaults", "request": request}, START_TIMEOUT)

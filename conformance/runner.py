@@ -23,10 +23,11 @@ from . import strategies
 from .case import Case
 from .catalog import Catalog
 from . import precision
-from .compare import CONFORMS, CRASH, FAILING, KNOWN, OUTCOMES, UNSUPPORTED, Reference, Trajectories, Verdict, _num, classify, reference, tolerance_for
+from .compare import CRASH, FAILING, KNOWN, OUTCOMES, UNSUPPORTED, Reference, Trajectories, Verdict, _num, classify, tolerance_for
 from .precision import PRECISION_OUTCOMES, PrecisionVerdict
 from .dtypes import DTYPES, PRECISION, round_through, round_to
 from .registry import FRAMEWORKS
+from .tolerance import shared_reference
 from .spec import ModeConfig, Spec
 
 
@@ -237,11 +238,33 @@ def _cross_cells(spec: Spec, selection: Selection) -> list[Cell]:
     return out
 
 
+def family(cell: Cell) -> tuple[str, str, str]:
+    """The cells that draw the same cases at one seed and share their runs:
+    a rule on one framework in one dtype (its modes, devices, gradient kinds
+    and environments, plain and crossed)."""
+    return (cell.rule, cell.framework, cell.dtype)
+
+
 def shard(cells: Sequence[Cell], k: int, n: int) -> list[Cell]:
-    """Shard K of N (1-based): a stable split by the cell id, independent of the selection order."""
+    """Shard K of N (1-based). A family (`family`) stays in one shard, so its
+    cells share the framework runs and references of the cases they have in
+    common (a cross cell's sides are its plain cells' runs); the families go
+    largest first to the shard with the fewest cells (ties: the lowest
+    shard), and a shard runs its families one after another. The split
+    depends only on the set of cells selected, not on their order."""
     if not 1 <= k <= n:
         raise ValueError(f"shard {k}/{n}: K must be between 1 and N")
-    return [c for c in cells if zlib.crc32(c.id.encode()) % n == k - 1]
+    families: dict[tuple[str, str, str], list[Cell]] = {}
+    for cell in cells:
+        families.setdefault(family(cell), []).append(cell)
+    load = [0] * n
+    mine: list[Cell] = []
+    for key in sorted(families, key=lambda f: (-len(families[f]), zlib.crc32(repr(f).encode()), f)):
+        target = min(range(n), key=lambda i: (load[i], i))
+        load[target] += len(families[key])
+        if target == k - 1:
+            mine.extend(families[key])
+    return mine
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -479,20 +502,15 @@ def _subnormal_input(mode: ModeConfig, case: Case, hp: dict[str, Any]) -> str | 
 class _References:
     """The references one case is judged against, each computed once: the
     semantics axis and the precision axis often ask for the same one (a mode
-    that declares no precision of its own)."""
+    that declares no precision of its own), and so do other cells that draw
+    the same case (`tolerance.shared_reference`)."""
 
     def __init__(self, spec: Spec, case: Case, held: Case, hyperparameter_dtype: str):
         self.spec, self.case, self.held, self.hd = spec, case, held, hyperparameter_dtype
         self.tol = tolerance_for(spec, case.dtype)
-        self._cache: dict[tuple, Reference] = {}
 
     def __call__(self, c: Case, variants: tuple[str, ...], hd: str) -> Reference:
-        # the held case stands for the user's where storing changed nothing
-        which = "held" if c is self.held else "user" if c is self.case else id(c)
-        key = (which, tuple(variants), hd)
-        if key not in self._cache:
-            self._cache[key] = reference(self.spec, c, tuple(variants), self.tol, hyperparameter_dtype=hd)
-        return self._cache[key]
+        return shared_reference(self.spec, c, variants, self.tol, hd)
 
     def semantic(self, variants: tuple[str, ...]) -> Reference:
         return self(self.held, variants, self.hd)

@@ -269,9 +269,8 @@ class Session:
 
     def cells(self) -> list[Cell]:
         cells = enumerate_cells(self.catalog, self.options.selection, self.options.candidates)
-        if self.options.shard:
-            cells = shard(cells, *self.options.shard)
-        return cells
+        # (one shard: the cells grouped by family, so that those drawing the same cases run together)
+        return shard(cells, *(self.options.shard or (1, 1)))
 
     def runs_on(self, framework: str) -> str:
         """The registered framework whose adapter runs a column (a user's target's, or itself)."""

@@ -23,6 +23,7 @@ precision.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
@@ -480,6 +481,36 @@ def reference(
         bound_s = {k: np.where(taint, np.inf, b) for k, b in bound_s.items()}
     return Reference(variants, Trajectories(params, state), Trajectories(bound_p, bound_s), subnormal, moves,
                      np.logical_or.accumulate(undetermined, axis=0))
+
+
+class SharedReferences:
+    """References by (spec, case content, variants, tolerance, hyperparameter
+    precision), the last `size` of them: the cells that draw the same case
+    (a seed draws the same cases for the modes of a framework whose
+    hypothesis strategies agree: torch's forloop, foreach, fused and
+    differentiable; the two sides of a cross cell) judge it against one
+    computation. A reference is a pure function of these (its rounded runs
+    are seeded), so sharing it changes no verdict."""
+
+    def __init__(self, size: int = 2048):
+        self.size = size
+        self._refs: "OrderedDict[tuple, tuple[Spec, Reference]]" = OrderedDict()
+
+    def __call__(self, spec: Spec, case: Case, variants: Sequence[str], tol: Tolerance, hyperparameter_dtype: str = "float64") -> Reference:
+        key = (id(spec), case.content_digest, tuple(variants), tol, hyperparameter_dtype)
+        hit = self._refs.get(key)
+        if hit is not None and hit[0] is spec:
+            self._refs.move_to_end(key)
+            return hit[1]
+        ref = reference(spec, case, tuple(variants), tol, hyperparameter_dtype=hyperparameter_dtype)
+        self._refs[key] = (spec, ref)  # (holding the spec keeps its id from being reused while the entry lives)
+        if len(self._refs) > self.size:
+            self._refs.popitem(last=False)
+        return ref
+
+
+#: The process's shared references (runner and cross cells).
+shared_reference = SharedReferences()
 
 
 def undetermined_edges(edges: list[tuple[int, str, np.ndarray]], shape: tuple[int, ...], tol: Tolerance) -> np.ndarray:
