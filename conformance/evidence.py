@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from .case import Case
-from .compare import Reference, Trajectories, _num, element_errors, reference, tolerance_for
+from .compare import Reference, Trajectories, _num, element_errors, tolerance_for
 from .dtypes import ulp
 from .spec import Spec
+from .tolerance import shared_reference
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def references(spec: Spec, record: dict[str, Any], case: Case) -> References:
 
     user = case
     case = stored_inputs(spec, mode, case)  # the record keeps the user's hyperparameters; the verdict used the stored ones
-    exp_ref = reference(spec, case, expected, tol, hyperparameter_dtype=hp_dtype)
+    exp_ref = shared_reference(spec, case, expected, tol, hp_dtype)
     first = record.get("first_side")
     if first is not None:
         from .runner import trajectories_from_json
@@ -58,13 +59,13 @@ def references(spec: Spec, record: dict[str, Any], case: Case) -> References:
     name = "declared " + "+".join(expected) if expected else "canonical"
     named = {name: exp_ref}
     if expected:
-        named["canonical"] = reference(spec, case, (), tol, hyperparameter_dtype=hp_dtype)
+        named["canonical"] = shared_reference(spec, case, (), tol, hp_dtype)
     precision = record.get("precision") or {}
     if precision.get("outcome") not in (None, "exact"):
         # the precision axis: the exact rule on the user's hyperparameters, with the own-dtype bound
         from .precision import exact_variants
 
-        named["exact rule (precision axis)"] = reference(spec, user, exact_variants(spec, expected), tol)
+        named["exact rule (precision axis)"] = shared_reference(spec, user, exact_variants(spec, expected), tol)
     return References(named, name)
 
 

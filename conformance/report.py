@@ -303,13 +303,14 @@ def render(summary: dict[str, Any], catalog: Any = None) -> str:
 
         catalog = load_catalog()
     m = matrix(summary)
-    details = [cell_detail(c, catalog) for c in summary["cells"]]
+    details, shared = interned([cell_detail(c, catalog) for c in summary["cells"]])
     envs = [_environment_view(e) for e in summary.get("environments") or []]
     return _ENV.get_template("report.html.j2").render(
         summary=summary,
         answer=answer(summary),
         matrix=m,
         details=details,
+        shared=shared,
         cells=summary["cells"],
         display_outcome=display_outcome,
         symbols=SYMBOLS,
@@ -327,6 +328,31 @@ def render(summary: dict[str, Any], catalog: Any = None) -> str:
             "gradients": [g for g in GRADIENTS if any(c.get("gradients", "dense") == g for c in summary["cells"])],
         },
     )
+
+
+def interned(details: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The cells' data with what repeats across cells stored once, in a
+    shared table the page reads back (report.js `resolve`): a mode's
+    declaration (the same for every device and dtype) and the paragraphs of
+    the reproducer scripts (their code is the same for every case of a
+    framework and mode; only the case's numbers differ). Scripts were over
+    half of the report (17.5 of 31 MB of cell data in the main job)."""
+    table: list[Any] = []
+    index: dict[str, int] = {}
+
+    def ref(value: Any) -> int:
+        key = json.dumps(value, sort_keys=True)
+        if key not in index:
+            index[key] = len(table)
+            table.append(value)
+        return index[key]
+
+    for d in details:
+        d["declaration"] = ref(d.get("declaration"))
+        for view in d.get("cases") or ():
+            if isinstance(view.get("script"), str):
+                view["script"] = [ref(part) for part in view["script"].split("\n\n")]
+    return details, table
 
 
 def write_report(directory: str | Path, summary: dict[str, Any], catalog: Any = None) -> Path:

@@ -106,8 +106,22 @@ def test_every_cell_has_its_drill_down_data(catalog, tmp_path):
     assert detail["id"] == "adam[torch-forloop-cpu-float32]"
     view = detail["cases"][0]
     assert view["reason"] == "</script><b>bold</b>"
-    assert "evidence" in view and "import torch" in view["script"] and view["case"]["rule"] == "adam"
-    assert detail["declaration"]["modes"][0]["optimizer"] == "torch.optim.Adam"
+    # what repeats across cells is stored once and referred to by index
+    shared = json.loads(re.search(r'<script type="application/json" id="shared">(.*?)</script>', html, re.S).group(1))
+    script = "\n\n".join(shared[i] for i in view["script"])
+    assert "evidence" in view and "import torch" in script and view["case"]["rule"] == "adam"
+    assert shared[detail["declaration"]]["modes"][0]["optimizer"] == "torch.optim.Adam"
+
+
+def test_what_repeats_across_cells_is_stored_once(catalog):
+    from conformance.report import interned
+
+    declaration = {"modes": [{"optimizer": "torch.optim.Adam"}]}
+    details = [{"declaration": dict(declaration), "cases": [{"script": f"import torch\n\nparams = {k}\n\nrun()"}]} for k in range(3)]
+    out, table = interned(details)
+    assert len({d["declaration"] for d in out}) == 1 and table[out[0]["declaration"]] == declaration
+    assert ["\n\n".join(table[i] for i in d["cases"][0]["script"]) for d in out] == [f"import torch\n\nparams = {k}\n\nrun()" for k in range(3)]
+    assert len(table) == 1 + 2 + 3  # the declaration, the two shared paragraphs, one per case
 
 
 def test_a_case_that_shows_the_declared_variant_is_kept(catalog, tmp_path):

@@ -161,7 +161,7 @@ def test_results_text_stays_text(browser, run_dir):
     page = Page(browser, (run_dir / "index.html").as_uri())
     p = page.page
     n = p.evaluate("""() => { for (const s of document.querySelectorAll('script[type="application/json"]')) {
-        if (s.textContent.includes('onerror')) return s.id.slice(5); } return null; }""")
+        if (s.id.startsWith('cell-') && s.textContent.includes('onerror')) return s.id.slice(5); } return null; }""")
     assert n is not None
     p.locator(f'#matrix td[data-cell="{n}"]').click()
     p.wait_for_selector("#drill h2")

@@ -188,10 +188,20 @@
     return box;
   }
 
+  // What repeats across cells (a mode's declaration, the paragraphs of the
+  // reproducer scripts) is stored once in #shared; a cell refers to it by index.
+  let shared = null;
+  function resolve(d) {
+    if (shared === null) { const s = document.getElementById("shared"); shared = s ? JSON.parse(s.textContent) : []; }
+    if (typeof d.declaration === "number") d.declaration = shared[d.declaration];
+    for (const v of d.cases || []) if (Array.isArray(v.script)) v.script = v.script.map(i => shared[i]).join("\n\n");
+    return d;
+  }
+
   function openCell(n) {
     const data = document.getElementById("cell-" + n);
     if (!data) return;
-    const d = JSON.parse(data.textContent);
+    const d = resolve(JSON.parse(data.textContent));
     matrix.querySelectorAll("td.open").forEach(td => td.classList.remove("open"));
     const td = matrix.querySelector(`td[data-cell="${n}"]`);
     if (td) td.classList.add("open");
