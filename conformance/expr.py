@@ -285,7 +285,19 @@ def compile_expression(
             if cmp is None:
                 raise fail(node, f"comparison {type(node.ops[0]).__name__}")
             left, right = build(node.left), build(node.comparators[0])
-            return lambda env: (cmp(left(env)[0], right(env)[0]), False)
+            if not rounded:
+                return lambda env: (cmp(left(env)[0], right(env)[0]), False)
+
+            def compare(env: Env) -> tuple[Any, bool]:
+                a, b = left(env)[0], right(env)[0]
+                if type(a) is np.ndarray or type(b) is np.ndarray:
+                    # a test on the tensors (LAMB's zero norm): can rounding take
+                    # its difference across 0, and the rule to the other branch?
+                    with np.errstate(all="ignore"):
+                        env[ROUNDING].edge_argument("sign", np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+                return cmp(a, b), False
+
+            return compare
         if isinstance(node, ast.IfExp):
             test, body, orelse = build(node.test), build(node.body), build(node.orelse)
             return lambda env: body(env) if _scalar_truth(test(env)[0], source) else orelse(env)

@@ -266,7 +266,8 @@ class Rounding:
         return total
 
     def edge_argument(self, kind: str, x: np.ndarray) -> None:
-        """Record the argument of a square root or sign (see `undetermined_edges`)."""
+        """Record the argument of a square root or sign, or the difference of a
+        comparison of tensors (a `where` test: kind "sign"); see `undetermined_edges`."""
         self.edge_args.append((len(self.taint_steps), kind, x))
 
     def end_step(self) -> None:
@@ -516,7 +517,9 @@ shared_reference = SharedReferences()
 def undetermined_edges(edges: list[tuple[int, str, np.ndarray]], shape: tuple[int, ...], tol: Tolerance) -> np.ndarray:
     """(steps, *shape): where the argument of a square root or a sign has lost
     its significant digits to a cancellation (`v - g_avg**2` of a centered
-    RMSprop, Lion's `beta1*m + (1 - beta1)*g`): across the rounded runs (axis
+    RMSprop, Lion's `beta1*m + (1 - beta1)*g`), or a test on the tensors
+    (LAMB's `norm(p) > 0`, a sign of the difference) is within rounding of
+    its threshold: across the rounded runs (axis
     0 of each) it spreads by more than `noise_factor` times its smallest
     magnitude, or some run takes it to 0 or across while another does not.
     The dtype's rounding then decides its sign, so whether the element is a

@@ -303,3 +303,45 @@ def test_adamax_first_step_by_hand(catalog):
     close(got[0], [1.0 - 0.1 * 2.0 / 2.5], rtol=1e-15)
     # step 2, zero gradient: m2 = 0.9*0.2, u2 = max(0.999*2.5, 0.5) = 2.4975
     close(got[1], [got[0][0] - 0.1 / (1 - 0.81) * (0.9 * 0.2) / 2.4975], rtol=1e-14)
+
+
+# --------------------------------------------------------------- LAMB
+
+
+def lamb_algorithm2(p, grads, lr, b1, b2, eps, wd):
+    """You et al. 2020, Algorithm 2 (LAMB), one layer, phi the identity; the
+    trust ratio is 1 where a norm is 0 (the paper leaves that case open)."""
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g**2
+        m_hat = m / (1 - b1**t)
+        v_hat = v / (1 - b2**t)
+        r = m_hat / (np.sqrt(v_hat) + eps)
+        d = r + wd * p
+        x_norm, d_norm = np.sqrt(np.sum(p**2)), np.sqrt(np.sum(d**2))
+        ratio = x_norm / d_norm if x_norm > 0 and d_norm > 0 else 1.0
+        p = p - lr * ratio * d
+        out.append(p)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("hp", [dict(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0),
+                                dict(lr=0.05, beta1=0.5, beta2=0.9, eps=1e-2, weight_decay=0.1)])
+def test_lamb_is_algorithm_2(catalog, hp):
+    p0, grads = inputs()
+    got = run(catalog.get("lamb"), hp, p0, grads).params
+    close(got, lamb_algorithm2(p0, grads, hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"]), rtol=1e-12)
+
+
+def test_lamb_zero_parameter_takes_the_unnormalised_step_by_hand(catalog):
+    # p = 0: ||p|| = 0, ratio 1; at t = 1, m_hat = g and v_hat = g^2, so the step is -lr*g/(|g| + eps)
+    got = run(catalog.get("lamb"), dict(lr=0.1, beta1=0.9, beta2=0.999, eps=0.5, weight_decay=0.0),
+              np.zeros(2), np.array([[2.0, -1.0]])).params
+    close(got[0], [-0.1 * 2.0 / 2.5, 0.1 * 1.0 / 1.5], rtol=1e-15)
+    # a nonzero parameter: the step's length is lr*||p|| (ratio ||p||/||d||)
+    p0 = np.array([3.0, 4.0])
+    got = run(catalog.get("lamb"), dict(lr=0.1, beta1=0.9, beta2=0.999, eps=0.0, weight_decay=0.0), p0, np.array([[2.0, -1.0]])).params
+    close(np.linalg.norm(got[0] - p0), 0.1 * 5.0, rtol=1e-15)

@@ -342,3 +342,24 @@ def test_lion_direction_written_as_a_lerp_of_the_momentum_is_undetermined_where_
                  [0.0], [[1.0], [0.0]])
     ref = reference(spec, case, (), tolerance_for(spec, "float64"))
     assert not ref.undetermined[0].any() and ref.undetermined[1].all()
+
+
+def test_a_test_on_the_tensors_within_rounding_of_its_threshold_leaves_the_element_undetermined(catalog):
+    """LAMB's trust ratio is 1 where norm(p) is 0. With lr 1, a scalar
+    parameter's first step lands exactly on 0 in exact arithmetic, and at
+    u*|p| or 0 under rounding (Keras float64 gave 0 where the exact rule left
+    2e-153: the draft's failing cells). Which branch the next step takes is
+    the rounding's, so the element is not judged from then on; the first
+    step, before any test, stays judged."""
+    from conformance.compare import reference
+    from conformance.tolerance import tolerance_for
+
+    spec = catalog.get("lamb")
+    case = _case("lamb", "tensorflow", "eager", "float64", {**spec.defaults, "lr": 1.0}, 1.0, [0.5, 0.5, 0.3])
+    ref = reference(spec, case, (), tolerance_for(spec, "float64"))
+    assert ref.values.params[0] == 0.0 and np.isfinite(ref.bound.params[0])
+    assert not ref.undetermined[0] and ref.undetermined[1:].all()
+    # away from the threshold (lr 0.5: the parameter halves), every step is judged
+    calm = reference(spec, _case("lamb", "tensorflow", "eager", "float64", {**spec.defaults, "lr": 0.5}, 1.0, [0.5, 0.5, 0.3]),
+                     (), tolerance_for(spec, "float64"))
+    assert not calm.undetermined.any()
