@@ -65,7 +65,7 @@ FRAMEWORKS: dict[str, FrameworkEntry] = {
         ),
         FrameworkEntry(
             "jax", "conformance.adapters.jax", "optax", ("optax",), "JAX / Optax", script="conformance.adapters.jax_script",
-            packages=("jax", "jaxlib", "optax"), modes=("eager", "jit"), oldest=(("jax", "0.4.38"), ("optax", "0.2.4")),
+            packages=("jax", "jaxlib", "optax"), modes=("eager", "jit"), oldest=(("jax", "0.4.38"), ("optax", "0.2.3")),
             own_modules=("optax",),
         ),
         # MXNet 1.9.1 (the last release) needs numpy < 1.24: its own worker environment

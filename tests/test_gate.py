@@ -235,6 +235,31 @@ def test_recorded_tensorflow_upgrade_fails_on_sparse_cells_and_passes_on_dense_o
     assert "gate: passed" in out
 
 
+@pytest.mark.parametrize("pinned, fails", [("0.2.3", True), ("0.2.4", False)])
+def test_recorded_optax_upgrades_fail_exactly_where_adabelief_changed(tmp_path, capsys, pinned, fails):
+    """Recorded results of two real side-by-side runs (tests/data/upgrade-optax-*-adabelief:
+    the adabelief cells of `conformance run --frameworks jax --dtypes float32 --devices cpu`,
+    seed 20261121, jax 0.4.38 with optax 0.2.3 or 0.2.4 pinned, jax 0.10.2 / optax 0.2.8
+    candidate; shrink records and cases left out). optax 0.2.4 moved AdaBelief's prediction
+    error from the previous first moment to the current one: the older pair fails naming the
+    rule, the newer passes (the whole 0.2.4 run, thirteen rules, passed the gate too)."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / f"upgrade-optax-{pinned}-adabelief"
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("results-main.jsonl", "environment-main.json"):
+        (run / name).write_text((data / name).read_text())
+    assert main(["gate", str(run)]) == (1 if fails else 0)
+    out = capsys.readouterr().out
+    assert f"optax={pinned} -> jax=0.10.2,jaxlib=0.10.2,optax=0.2.8" in out
+    if fails:
+        assert "FAIL semantics   adabelief[jax-eager-cpu-float32]: prediction_error_previous_m -> canonical" in out
+        assert "FAIL changed     adabelief[jax-jit-cpu-float32@pinned~candidate]" in out
+    else:
+        assert "FAIL" not in out and "0 changed beyond it" in out and "gate: passed" in out
+
+
 def test_a_side_that_crashed_is_compared_by_outcome_only():
     """Issue 17: a pinned side whose cells crashed (a dtype the old version
     lacks) produced no values; the gate once failed it on 'semantics changed'."""
