@@ -173,7 +173,9 @@ def _step_gradient(request: dict[str, Any], grads: tf.Tensor, i: int, shape: tup
 def run(request: dict[str, Any]) -> dict[str, Any]:
     mode = request["mode"]
     if mode not in MODES:
-        raise NotImplementedError(f"unknown TensorFlow mode {mode!r} (known: {', '.join(MODES)})")
+        # a spec's own mode (one that sets its own arguments, e.g. Adafactor's
+        # relative_step=False; spec validation refuses any other name) runs eagerly
+        mode = "eager"
     dtype = _DTYPES.get(request["dtype"])
     if dtype is None:
         raise NotImplementedError(f"TensorFlow has no dtype {request['dtype']}")

@@ -53,7 +53,32 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int]] = {
     # pairwise summation (ceil(log2 n) + 1 of them), the order frameworks' vectorized
     # reductions follow; then the square root (Rounding.reduction).
     "norm": (None, 1),  # type: ignore[dict-item]
+    # Reductions over the parameter's axes (never a rounding model's leading
+    # sample axis), kept as size-1 axes so that they broadcast against it:
+    # mean(x) over the whole tensor, rms(x) = sqrt(mean(x*x)) (Adafactor's
+    # RMS), row_mean(x) over the last axis (one value per row), col_mean(x)
+    # over the second-to-last (one per column; x must have two axes), and
+    # mean_axis(x, a) over axis a (negative, counted from the end). Under a
+    # rounding model a mean is its exact sum rounded as a pairwise summation
+    # is (Rounding.reduction; for terms of mixed sign, the error is sized by
+    # the sum of their magnitudes), then the division by the count.
+    "mean": (None, 1),  # type: ignore[dict-item]
+    "rms": (None, 1),  # type: ignore[dict-item]
+    "row_mean": (None, 1),  # type: ignore[dict-item]
+    "col_mean": (None, 1),  # type: ignore[dict-item]
+    "mean_axis": (None, 2),  # type: ignore[dict-item]
+    # ndim(x): the number of the parameter's axes (a 0-d parameter counts as
+    # a vector: the kernel holds it as one); for a scalar test such as
+    # Adafactor's `... if ndim(p) >= 2 else ...` (factored or not).
+    "ndim": (None, 1),  # type: ignore[dict-item]
+    # axis_by_size(x, k): the axis (negative) at position k of x's axes
+    # sorted by size, ties in axis order; -1 is the largest axis, -2 the
+    # second largest (optax factors Adafactor's moments over those two).
+    "axis_by_size": (None, 2),  # type: ignore[dict-item]
 }
+
+#: Reductions whose result is one value per tensor, row or column (see FUNCTIONS).
+REDUCTIONS = frozenset({"norm", "mean", "rms", "row_mean", "col_mean", "mean_axis"})
 
 #: Key of the case-dtype rounding function in an expression's environment.
 CASE_DTYPE = "__case_dtype__"
@@ -171,23 +196,89 @@ def _scalar_truth(value: Any, source: str) -> bool:
 ROUNDING = "__rounding__"
 
 
-def _norm_node(arg: Node, rounded: bool) -> Node:
-    """norm(x): sqrt of the sum of squares over the parameter's axes (not a
-    rounding model's leading sample axis), kept as size-1 axes to broadcast."""
+def _lead(x: np.ndarray, env: Env, rounded: bool) -> int:
+    """1 where `x` carries a sampled rounding model's leading sample axis, else 0."""
+    rounding = env.get(ROUNDING) if rounded else None
+    return 1 if rounding is not None and rounding.samples and x.ndim == rounding.full_ndim else 0
+
+
+def _param_axes(x: np.ndarray, lead: int, name: str, axis: Any, source: str) -> tuple[int, ...]:
+    """The axes (non-negative) that reduction `name` reduces of x (a sample axis excluded)."""
+    own = x.ndim - lead
+    if name in ("norm", "mean", "rms"):
+        return tuple(range(lead, x.ndim))
+    if name == "row_mean":
+        wanted = -1
+    elif name == "col_mean":
+        wanted = -2
+    else:
+        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+            raise ExprError(f"mean_axis() takes an integer axis in {source!r}, got {axis!r}")
+        wanted = int(axis)
+    if not -own <= wanted < 0:
+        raise ExprError(
+            f"{name}() in {source!r} reduces axis {wanted} of a tensor with {own} axes"
+            " (guard it with `... if ndim(p) >= 2 else ...`)"
+        )
+    return (x.ndim + wanted,)
+
+
+def _reduction_node(name: str, args: list[Node], rounded: bool, source: str) -> Node:
+    """norm, mean, rms, row_mean, col_mean, mean_axis (FUNCTIONS): reduced over
+    the parameter's axes, kept as size-1 axes to broadcast against it."""
+    arg = args[0]
+    axis_of = args[1] if len(args) > 1 else None
 
     def run(env: Env) -> tuple[Any, bool]:
         x = arg(env)[0]
         if type(x) is not np.ndarray:
-            return np.abs(x), False
-        rounding = env.get(ROUNDING) if rounded else None
-        lead = 1 if rounding is not None and rounding.samples and x.ndim == rounding.full_ndim else 0
-        axes = tuple(range(lead, x.ndim))
-        if rounding is None:
-            return np.sqrt(np.sum(np.square(x), axis=axes, keepdims=True)), True
-        squares = rounding(np.square(x))
+            value = np.abs(x) if name in ("norm", "rms") else x
+            return value, False
+        lead = _lead(x, env, rounded)
+        axes = _param_axes(x, lead, name, axis_of(env)[0] if axis_of is not None else None, source)
         n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
-        total = rounding.reduction(np.sum(squares, axis=axes, keepdims=True), n)
-        return rounding(np.sqrt(total)), True
+        squares = name in ("norm", "rms")
+        rounding = env.get(ROUNDING) if rounded else None
+        if rounding is None:
+            terms = np.square(x) if squares else x
+            total = np.sum(terms, axis=axes, keepdims=True)
+        else:
+            terms = rounding(np.square(x)) if squares else x
+            total = np.sum(terms, axis=axes, keepdims=True)
+            if squares or not np.any(terms < 0):
+                total = rounding.reduction(total, n)
+            else:
+                # a sum of mixed signs: its rounding error is sized by the sum of magnitudes
+                size = np.sum(np.abs(terms), axis=axes, keepdims=True)
+                total = rounding(total + (rounding.reduction(size, n) - size))
+        if name == "norm":
+            out = np.sqrt(total)
+        else:
+            out = total / x.dtype.type(n)
+            if rounding is not None and n > 1:
+                out = rounding(out)
+            if name == "rms":
+                out = np.sqrt(out)
+        return (rounding(out) if rounding is not None and name in ("norm", "rms") else out), True
+
+    return run
+
+
+def _shape_node(name: str, args: list[Node], rounded: bool, source: str) -> Node:
+    """ndim(x) and axis_by_size(x, k) (FUNCTIONS): integers read off the parameter's shape."""
+
+    def run(env: Env) -> tuple[Any, bool]:
+        x = args[0](env)[0]
+        shape = np.shape(x)
+        if type(x) is np.ndarray:
+            shape = shape[_lead(x, env, rounded):]
+        if name == "ndim":
+            return len(shape), False
+        k = args[1](env)[0]
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not -len(shape) <= k < len(shape):
+            raise ExprError(f"axis_by_size() in {source!r}: position {k!r} of a tensor with {len(shape)} axes")
+        order = np.argsort(np.asarray(shape), kind="stable")
+        return int(order[k]) - len(shape), False
 
     return run
 
@@ -311,8 +402,10 @@ def compile_expression(
             if len(node.args) != arity or any(isinstance(a, ast.Starred) for a in node.args):
                 raise ExprError(f"{node.func.id}() takes {arity} argument(s) in {source!r}")
             args = [build(a) for a in node.args]
-            if node.func.id == "norm":
-                return _norm_node(args[0], rounded)
+            if node.func.id in REDUCTIONS:
+                return _reduction_node(node.func.id, args, rounded, source)
+            if node.func.id in ("ndim", "axis_by_size"):
+                return _shape_node(node.func.id, args, rounded, source)
             if fn is None:  # in_dtype
                 only_arg = args[0]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from .expr import FUNCTIONS, Equation, ExprError, Expression, compile_expression, parse_equation
 from .dtypes import DTYPES as DTYPE_TABLE
@@ -134,7 +134,7 @@ InputDtype = Literal["float16", "bfloat16", "float32", "tensor"]
 #: float32 tensor, then cast to the parameter's dtype (TF1 training ops)
 InputRounding = Union[InputDtype, list[InputDtype]]
 
-ArgValue = Union[str, float, StrictBool, list[Union[str, float]]]
+ArgValue = Union[str, StrictInt, float, StrictBool, list[Union[str, StrictInt, float]]]
 
 
 class ModeModel(_Model):

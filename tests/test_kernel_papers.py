@@ -345,3 +345,105 @@ def test_lamb_zero_parameter_takes_the_unnormalised_step_by_hand(catalog):
     p0 = np.array([3.0, 4.0])
     got = run(catalog.get("lamb"), dict(lr=0.1, beta1=0.9, beta2=0.999, eps=0.0, weight_decay=0.0), p0, np.array([[2.0, -1.0]])).params
     close(np.linalg.norm(got[0] - p0), 0.1 * 5.0, rtol=1e-15)
+
+
+# --------------------------------------------------------------- Adafactor
+
+
+def adafactor_algorithms_4_5(p, grads, rho_max, decay=-0.8, eps1=1e-30, eps2=1e-3, d=1.0):
+    """Shazeer & Stern 2018, Algorithm 4 (a weight matrix, here each matrix of
+    the last two axes: R and C are row and column *sums*, V = R C / (1^T R))
+    and Algorithm 5 (a vector), with rho_t = min(rho_max, 1/sqrt(t)) and
+    beta2hat_t = 1 - t^decay (Sections 7.2 and 9)."""
+    factored = p.ndim >= 2
+    R = np.zeros(p.shape[:-1] + (1,)) if factored else None
+    C = np.zeros(p.shape[:-2] + (1,) + p.shape[-1:]) if factored else None
+    V = np.zeros_like(p)
+    out = []
+    for t, G in enumerate(grads, start=1):
+        rho = min(rho_max, 1 / math.sqrt(t))
+        alpha = max(eps2, math.sqrt(np.mean(p**2))) * rho
+        beta2 = 1 - t**decay
+        if factored:
+            R = beta2 * R + (1 - beta2) * np.sum(G**2 + eps1, axis=-1, keepdims=True)   # (G^2 + eps1 1 1^T) 1_m
+            C = beta2 * C + (1 - beta2) * np.sum(G**2 + eps1, axis=-2, keepdims=True)   # 1_n^T (G^2 + eps1 1 1^T)
+            V_hat = R * C / np.sum(R, axis=-2, keepdims=True)                              # R C / 1_n^T R
+        else:
+            V = beta2 * V + (1 - beta2) * (G**2 + eps1)
+            V_hat = V
+        U = G / np.sqrt(V_hat)
+        U_hat = U / max(1.0, math.sqrt(np.mean(U**2)) / d)
+        p = p - alpha * U_hat
+        out.append(p)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (5,), (2, 3, 4), ()])
+@pytest.mark.parametrize("hp", [dict(lr=0.01), dict(lr=1.0, beta2_decay=-0.5, eps1=1e-3, eps2=0.05, clip_threshold=2.0)])
+def test_adafactor_is_algorithms_4_and_5(catalog, shape, hp):
+    p0, grads = inputs(steps=6, shape=shape)
+    got = run(catalog.get("adafactor"), hp, p0, grads).params
+    want = adafactor_algorithms_4_5(p0, grads, hp["lr"], hp.get("beta2_decay", -0.8), hp.get("eps1", 1e-30),
+                                    hp.get("eps2", 1e-3), hp.get("clip_threshold", 1.0))
+    close(got, want, rtol=1e-12)
+
+
+def test_adafactor_first_step_by_hand(catalog):
+    spec = catalog.get("adafactor")
+    # a vector at t = 1: beta2hat = 0, so V = G^2 (eps1 = 0) and U = sign(G), RMS(U) = 1 (no
+    # clipping); alpha = max(eps2, RMS(p)) * min(lr, 1): p1 = p0 - RMS(p0)*lr*sign(G)
+    p0 = np.array([3.0, 4.0, 0.0, 0.0])  # RMS 2.5
+    got = run(spec, dict(lr=0.1, eps1=0.0), p0, np.array([[2.0, -1.0, 0.5, -4.0]])).params
+    close(got[0], p0 - 0.25 * np.array([1.0, -1.0, 1.0, -1.0]), rtol=1e-15)
+    # the same numbers as a matrix: R = row means of G^2 = [2.5, 8.125], C = column means =
+    # [2.125, 8.5], mean(R) = 5.3125, so V = R C / mean(R) = [[1, 4], [3.25, 13]] (not G^2)
+    g = np.array([[2.0, -1.0], [0.5, -4.0]])
+    got = run(spec, dict(lr=0.1, eps1=0.0), p0.reshape(2, 2), g[None]).params
+    u = g / np.sqrt([[1.0, 4.0], [3.25, 13.0]])
+    close(got[0], p0.reshape(2, 2) - 0.25 * u / math.sqrt(np.mean(u**2)), rtol=1e-15)  # RMS(U) = 1.18: clipped to 1
+
+
+def test_adafactor_keras_golden_values(catalog):
+    """keras/src/optimizers/adafactor_test.py (Keras 3.15): its expected values,
+    reproduced by the rule with the variants the spec declares for Keras."""
+    spec = catalog.get("adafactor")
+    keras = ["scale_after_decay"]
+    # test_single_step_1d and test_single_step_2d: learning_rate 0.5, one step
+    got = run(spec, dict(lr=0.5), np.array([1.0, 2.0, 3.0, 4.0]), np.array([[1.0, 6.0, 7.0, 2.0]]), variants=keras).params
+    close(got[0], [-0.3693, 0.6307, 1.6307, 2.6307], rtol=0, atol=1e-4)
+    got = run(spec, dict(lr=0.5), np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[[1.0, 6.0], [7.0, 2.0]]]), variants=keras).params
+    close(got[0], [[0.7007, -0.0081], [1.2492, 3.4407]], rtol=0, atol=1e-4)
+    # test_weight_decay: a zero gradient, learning_rate 1, weight_decay 0.004, three steps of fresh optimizers
+    p = np.array(2.0)
+    for _ in range(3):
+        p = run(spec, dict(lr=1.0, weight_decay=0.004), p, np.zeros((1,)), variants=keras).params[0]
+    assert abs(float(p) - 1.9760959) < 1e-6
+    # test_correctness_with_golden, relative_step=False: Keras still takes rho_t = min(lr, 1/sqrt(t))
+    # (keras/src/optimizers/adafactor.py update_step computes rho_t unconditionally); the golden values
+    # follow that: with rho_t = lr (constant_step_size) the fifth step is off by 4.4e-3
+    hp = dict(lr=0.5, beta2_decay=-0.65, eps1=1e-15, eps2=1e-4, clip_threshold=0.9)
+    grads = np.array([np.full(10, 0.01)] + [np.arange(0.1, 1.1, 0.1)] * 4)
+    golden = np.array([
+        [0.55] * 10,
+        [0.3031, 0.3026, 0.3025, 0.3024, 0.3024, 0.3024, 0.3024, 0.3024, 0.3024, 0.3024],
+        [0.1671, 0.1665, 0.1663, 0.1663, 0.1663, 0.1663, 0.1663, 0.1663, 0.1663, 0.1663],
+        [0.0923, 0.0916, 0.0915, 0.0914, 0.0914, 0.0914, 0.0914, 0.0914, 0.0914, 0.0914],
+        [0.0554, 0.0548, 0.0546, 0.0546, 0.0546, 0.0546, 0.0546, 0.0545, 0.0545, 0.0545]])
+    close(run(spec, hp, np.ones(10), grads, variants=keras).params, golden, rtol=0, atol=5e-4)
+    constant = run(spec, hp, np.ones(10), grads, variants=keras + ["constant_step_size"]).params
+    assert np.abs(constant[4] - golden[4]).max() > 4e-3
+
+
+def test_adafactor_factoring_axes(catalog):
+    spec = catalog.get("adafactor")
+    # a matrix: the two largest axes are its two axes, so optax's choice gives the same V
+    for shape in [(3, 5), (5, 3), (4, 4)]:
+        p0, grads = inputs(steps=4, shape=shape)
+        close(run(spec, {}, p0, grads, variants=["factor_two_largest_dims"]).params, run(spec, {}, p0, grads).params, rtol=1e-14)
+    # 4x2x3: the largest axes are 0 and 2, not the last two; V and the steps differ
+    p0, grads = inputs(steps=4, shape=(4, 2, 3))
+    other = run(spec, {}, p0, grads, variants=["factor_two_largest_dims"]).params
+    assert not np.allclose(other, run(spec, {}, p0, grads).params, rtol=1e-6, atol=0)
+    # ... and equal the canonical rule on the tensor with those axes moved last
+    moved = run(spec, {}, np.moveaxis(p0, 1, 0), np.moveaxis(grads, 2, 1)).params
+    close(np.moveaxis(moved, 1, 2), other, rtol=1e-13)

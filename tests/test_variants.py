@@ -15,6 +15,9 @@ from conformance.kernel import run
 RNG = np.random.default_rng(11)
 P0 = RNG.normal(size=(3, 2))
 GRADS = RNG.normal(size=(6, 3, 2))
+# a 3-d tensor whose two largest axes are not its last two (Adafactor's factoring axes)
+P3 = RNG.normal(size=(4, 2, 3))
+GRADS3 = RNG.normal(size=(6, 4, 2, 3))
 
 
 def test_every_declared_expectation_composes_and_runs(catalog):
@@ -33,7 +36,7 @@ def test_every_declared_expectation_composes_and_runs(catalog):
 def test_every_variant_differs_from_canonical_somewhere(catalog):
     # hyperparameters that switch every option on, so each variant can show itself
     loud = dict(momentum=0.9, weight_decay=0.05, amsgrad=True, centered=True, eps=1e-2, lr=0.05, lr_decay=0.1,
-                l1=0.01, l2=0.05, l2_shrinkage=0.02, beta=0.5)
+                l1=0.01, l2=0.05, l2_shrinkage=0.02, beta=0.5, eps1=1e-2)
     # a degenerate corner some variants differ in only (FTRL's unguarded_division: 0/0 where
     # beta = l2 = 0 and a row has had no gradient)
     edge = dict(beta=0.0, l2=0.0, initial_accumulator_value=0.0)
@@ -50,7 +53,12 @@ def test_every_variant_differs_from_canonical_somewhere(catalog):
             if spec.variants[name].precision:
                 continue  # (may only fix the order of rounding: Lion's decay_first; composed and run above)
             got = [params(spec, hp, [name]) for hp in sets]
-            assert any(not np.allclose(g, c, rtol=1e-9, atol=0) for g, c in zip(got, canonical)), (spec.rule, name)
+            differs = any(not np.allclose(g, c, rtol=1e-9, atol=0) for g, c in zip(got, canonical))
+            if not differs:  # dense, on a 3-d tensor, with lr 1 (above Adafactor's relative step 1/sqrt(t))
+                hp = dict(sets[0], lr=1.0)
+                differs = not np.allclose(run(spec, hp, P3, GRADS3, variants=[name]).params,
+                                          run(spec, hp, P3, GRADS3).params, rtol=1e-9, atol=0)
+            assert differs, (spec.rule, name)
 
 
 def close(a, b):
