@@ -92,3 +92,60 @@ def test_norm_under_the_sampled_rounding_model_reduces_each_sample_apart():
     exact = 2 * np.sqrt(np.sum(x * x))
     assert np.all(np.abs(got - exact) <= 8 * 2.0 ** -24 * exact)  # 4 levels of pairwise rounding, and the sqrt
     assert len(set(got.ravel())) > 1  # the directed runs push the sum apart
+
+
+def test_reductions_per_tensor_row_and_column_broadcast_against_the_tensor():
+    from conformance.expr import compile_expression
+
+    x = np.arange(6.0).reshape(2, 3)
+    env = {"x": x}
+    def ev(src):
+        return compile_expression(src, {"x"})(env)
+    np.testing.assert_array_equal(ev("row_mean(x)"), [[1.0], [4.0]])
+    np.testing.assert_array_equal(ev("col_mean(x)"), [[1.5, 2.5, 3.5]])
+    np.testing.assert_array_equal(ev("mean_axis(x, -2)"), ev("col_mean(x)"))
+    np.testing.assert_array_equal(ev("mean(x)"), [[2.5]])
+    np.testing.assert_allclose(ev("rms(x)"), [[np.sqrt(55.0 / 6)]], rtol=1e-15)
+    # Adafactor's V = R C / mean(R): broadcast back to the full shape
+    assert ev("row_mean(x) * col_mean(x) / col_mean(row_mean(x))").shape == (2, 3)
+    assert ev("ndim(x)") == 2
+    # 3x5 -> the largest axis is the last; 5x3 -> the first; ties keep axis order
+    assert compile_expression("axis_by_size(x, -1)", {"x"})({"x": np.zeros((5, 3))}) == -2
+    assert compile_expression("axis_by_size(x, -1)", {"x"})({"x": np.zeros((3, 3))}) == -1
+    assert compile_expression("axis_by_size(x, -2)", {"x"})({"x": np.zeros((4, 2, 3))}) == -1
+
+
+def test_a_column_mean_of_a_vector_is_an_error_that_says_how_to_guard_it():
+    from conformance.expr import compile_expression
+
+    with pytest.raises(ExprError, match=r"col_mean\(\) .* reduces axis -2 of a tensor with 1 axes .*ndim\(p\) >= 2"):
+        compile_expression("col_mean(x)", {"x"})({"x": np.ones(3)})
+    # guarded, the branch is never evaluated
+    e = compile_expression("col_mean(x) if ndim(x) >= 2 else x", {"x"})
+    np.testing.assert_array_equal(e({"x": np.ones(3)}), np.ones(3))
+    with pytest.raises(ExprError, match="takes 2 argument"):
+        compile_expression("mean_axis(x)", {"x"})
+
+
+def test_row_means_under_the_sampled_rounding_model_leave_the_sample_axis_alone():
+    """The sample axis of a rounding model is never reduced and never counted by
+    ndim; each sample's mean is its rounded pairwise sum over the row, divided."""
+    from conformance.expr import ROUNDING, rounded_twin
+    from conformance.tolerance import _DIRECTED, Rounding, SampledRounding
+
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0.5, 2.0, size=(3, 4)).astype(np.float32).astype(np.float64)
+    sampled = SampledRounding("float32", 5, np.random.default_rng(0))
+    sampled.bind(x.shape)
+    batch = np.broadcast_to(x, (5,) + x.shape).copy()
+    assert rounded_twin("ndim(x)")({"x": batch, ROUNDING: sampled}) == 2
+    for src, shape in (("row_mean(x)", (5, 3, 1)), ("col_mean(x)", (5, 1, 4)), ("rms(x)", (5, 1, 1))):
+        got = rounded_twin(src)({"x": batch, ROUNDING: sampled})
+        assert got.shape == shape, src
+        for i in range(5):
+            serial = Rounding("float32", None if i == 0 else _DIRECTED[i - 1])
+            np.testing.assert_array_equal(got[i], rounded_twin(src)({"x": x.copy(), ROUNDING: serial}), err_msg=src)
+    exact = x.mean(axis=-1, keepdims=True)
+    got = rounded_twin("row_mean(x)")({"x": batch, ROUNDING: sampled})
+    assert np.all(np.abs(got - exact) <= 8 * 2.0 ** -24 * exact)  # 3 levels of pairwise rounding and the division, each up to an ulp
+    assert len(set(got[:, 0, 0])) > 1
