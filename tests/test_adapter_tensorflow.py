@@ -57,6 +57,16 @@ def test_modes_agree_and_slots_are_read():
         np.testing.assert_allclose(tfa.run(_request(mode=mode))["params"], eager["params"], rtol=1e-6)
 
 
+def test_a_spec_mode_with_its_own_arguments_runs_eagerly():
+    """Adafactor's mode no_relative_step sets relative_step=False (spec validation
+    lets a mode of another name through only with its own optimizer or args)."""
+    request = _request(optimizer="keras.optimizers.Adafactor", args={"learning_rate": 0.5}, state=["velocity"])
+    eager = tfa.run(request)
+    own = tfa.run(dict(request, mode="no_relative_step", args={"learning_rate": 0.5, "relative_step": False}))
+    # ... and Keras ignores the flag: the same values (rho_t = min(lr, 1/sqrt(t)) either way)
+    np.testing.assert_array_equal(own["params"], eager["params"])
+
+
 def test_learning_rate_schedule_reaches_keras_and_tf1():
     sched = [0.1, 0.01, 0.001]
     g = np.array([[1.0], [1.0], [1.0]])

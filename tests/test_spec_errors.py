@@ -133,3 +133,11 @@ def test_duplicate_rule_across_directories_is_an_error(tmp_path):
 def test_epsilon_written_as_1e_minus_8_is_a_float(tmp_path):
     spec = load_spec(write(tmp_path, mutate("default: 0.0\n    doc: momentum factor", "default: 1e-8\n    doc: momentum factor")))
     assert spec.hyperparameters["momentum"].default == 1e-8
+
+
+def test_an_integer_argument_stays_an_integer(catalog):
+    # optax.adafactor's min_dim_size_to_factor is compared in Python (its jit mode traces floats)
+    spec = catalog.get("adafactor")
+    args = spec.mode("jax", "factored").native_args(spec.resolve({}))
+    assert args["min_dim_size_to_factor"] == 1 and type(args["min_dim_size_to_factor"]) is int
+    assert type(args["decay_rate"]) is float
