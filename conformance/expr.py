@@ -75,6 +75,19 @@ FUNCTIONS: dict[str, tuple[Callable[..., Any], int]] = {
     # sorted by size, ties in axis order; -1 is the largest axis, -2 the
     # second largest (optax factors Adafactor's moments over those two).
     "axis_by_size": (None, 2),  # type: ignore[dict-item]
+    # size(x, a): the number of elements along axis a (negative) of x.
+    "size": (None, 2),  # type: ignore[dict-item]
+    # Matrices (the last two axes; Muon): transpose(x) swaps them, matmul(a, b)
+    # is the matrix product. Under a rounding model the product is exact,
+    # then perturbed by the error of a pairwise sum of its terms, sized by
+    # |a| @ |b| (terms of either sign), and rounded.
+    "transpose": (None, 1),  # type: ignore[dict-item]
+    "matmul": (None, 2),  # type: ignore[dict-item]
+    # bfloat16(x): x computed in bfloat16 whatever the case's dtype (torch's
+    # Muon orthogonalises in bfloat16): rounded to bfloat16 and held in the
+    # compute dtype; under a rounding model jittered by bfloat16's unit
+    # roundoff first (Rounding.narrow), as the case dtype's operations are.
+    "bfloat16": (None, 1),  # type: ignore[dict-item]
 }
 
 #: Reductions whose result is one value per tensor, row or column (see FUNCTIONS).
@@ -264,6 +277,48 @@ def _reduction_node(name: str, args: list[Node], rounded: bool, source: str) -> 
     return run
 
 
+def _matrix_node(name: str, args: list[Node], rounded: bool, source: str) -> Node:
+    """transpose(x) and matmul(a, b) over the last two axes (FUNCTIONS)."""
+
+    def run(env: Env) -> tuple[Any, bool]:
+        values = [a(env)[0] for a in args]
+        for v in values:
+            if type(v) is not np.ndarray or v.ndim - _lead(v, env, rounded) < 2:
+                raise ExprError(f"{name}() in {source!r} needs matrices (two axes or more), got shape {np.shape(v)}")
+        if name == "transpose":
+            return np.swapaxes(values[0], -1, -2), False
+        a, b = values
+        product = np.matmul(a, b)
+        rounding = env.get(ROUNDING) if rounded else None
+        if rounding is None:
+            return product, True
+        size = np.matmul(np.abs(a), np.abs(b))
+        n = a.shape[-1]
+        return rounding(product + (rounding.reduction(size, n) - size)), True
+
+    return run
+
+
+def _narrow_node(dtype: str, arg: Node, rounded: bool) -> Node:
+    """bfloat16(x) (FUNCTIONS): x rounded to a dtype narrower than the case's."""
+    from .dtypes import numpy_dtype  # (expr has no other dependency on the package)
+
+    low = numpy_dtype(dtype)
+
+    def run(env: Env) -> tuple[Any, bool]:
+        x = arg(env)[0]
+        rounding = env.get(ROUNDING) if rounded else None
+        if type(x) is np.ndarray:
+            if rounding is not None:
+                return rounding.narrow(x, dtype), True
+            return x.astype(low).astype(x.dtype), True
+        if isinstance(x, SampleScalar):
+            return x.astype(low).astype(x.dtype).view(SampleScalar), False
+        return type(x)(low.type(x)) if isinstance(x, np.floating) else float(low.type(x)), False
+
+    return run
+
+
 def _shape_node(name: str, args: list[Node], rounded: bool, source: str) -> Node:
     """ndim(x) and axis_by_size(x, k) (FUNCTIONS): integers read off the parameter's shape."""
 
@@ -275,6 +330,10 @@ def _shape_node(name: str, args: list[Node], rounded: bool, source: str) -> Node
         if name == "ndim":
             return len(shape), False
         k = args[1](env)[0]
+        if name == "size":
+            if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not -len(shape) <= k < 0:
+                raise ExprError(f"size() in {source!r}: axis {k!r} of a tensor with {len(shape)} axes (axes are negative)")
+            return int(shape[k]), False
         if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not -len(shape) <= k < len(shape):
             raise ExprError(f"axis_by_size() in {source!r}: position {k!r} of a tensor with {len(shape)} axes")
         order = np.argsort(np.asarray(shape), kind="stable")
@@ -404,8 +463,12 @@ def compile_expression(
             args = [build(a) for a in node.args]
             if node.func.id in REDUCTIONS:
                 return _reduction_node(node.func.id, args, rounded, source)
-            if node.func.id in ("ndim", "axis_by_size"):
+            if node.func.id in ("ndim", "axis_by_size", "size"):
                 return _shape_node(node.func.id, args, rounded, source)
+            if node.func.id in ("matmul", "transpose"):
+                return _matrix_node(node.func.id, args, rounded, source)
+            if node.func.id == "bfloat16":
+                return _narrow_node("bfloat16", args[0], rounded)
             if fn is None:  # in_dtype
                 only_arg = args[0]
 

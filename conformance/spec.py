@@ -230,6 +230,14 @@ class SpecModel(_Model):
     frameworks: dict[str, FrameworkModel] = Field(default_factory=dict)
     tolerance: dict[Literal["float16", "bfloat16", "float32", "float64"], ToleranceModel] = Field(default_factory=dict)
     cases: list[str] = Field(default_factory=list)
+    ranks: list[Literal[0, 1, 2, 3]] = Field(
+        default_factory=lambda: [0, 1, 2, 3],
+        min_length=1,
+        description=(
+            "the tensor ranks the rule is defined for and the strategies draw (default: scalars,"
+            " vectors, matrices and 3-d tensors); Muon is defined for matrices only"
+        ),
+    )
     increments: dict[str, str] = Field(
         default_factory=dict,
         description=(
@@ -398,6 +406,7 @@ class Spec:
     tolerance: dict[str, ToleranceModel]
     cases: tuple[str, ...]
     increments: dict[str, str] = field(default_factory=dict)
+    ranks: tuple[int, ...] = (0, 1, 2, 3)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -583,6 +592,7 @@ def _build(rule: str, file: str, model: SpecModel, src: Located) -> Spec:
         tolerance=dict(model.tolerance),
         cases=tuple(_case_paths(model.cases, file, src)),
         increments=_increments(model, step, src),
+        ranks=tuple(sorted(set(model.ranks))),
     )
 
 

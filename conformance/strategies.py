@@ -151,13 +151,17 @@ def tensor(draw, shape: tuple[int, ...], dtype: str, allow_zero: bool = True) ->
     return round_to(a, dtype)
 
 
-_RANK = st.sampled_from((0, 1, 2, 3))
+_RANKS = {(0, 1, 2, 3): st.sampled_from((0, 1, 2, 3))}
 
 
 @st.composite
-def shapes(draw, max_size: int) -> tuple[int, ...]:
-    """Scalar, vector, matrix or 3-d tensor with at most `max_size` elements."""
-    rank = draw(_RANK)
+def shapes(draw, max_size: int, ranks: tuple[int, ...] = (0, 1, 2, 3)) -> tuple[int, ...]:
+    """Scalar, vector, matrix or 3-d tensor (of the `ranks` given: a spec's
+    `ranks`) with at most `max_size` elements."""
+    rank_of = _RANKS.get(ranks)
+    if rank_of is None:
+        rank_of = _RANKS[ranks] = st.sampled_from(ranks)
+    rank = draw(rank_of)
     dims: list[int] = []
     room = max_size
     for _ in range(rank):
@@ -250,7 +254,7 @@ def cases(
     sparse = sparse or mode.gradients == "sparse"
     step_count = st.integers(1, limits.max_steps)
     row_count = st.integers(1, max(1, limits.max_size // 2))
-    shape_of = shapes(limits.max_size)
+    shape_of = shapes(limits.max_size, spec.ranks)
     hps = hyperparameters(spec, mode)
     lr = hyperparameter(spec, "lr", mode.defaults.get("lr")) if mode.lr_arg is not None else None
     scheduled = st.booleans()

@@ -54,6 +54,7 @@ class RoundingModel(Protocol):
     def taint_below(self, values: np.ndarray) -> None: ...
     def edge_argument(self, kind: str, x: np.ndarray) -> None: ...
     def reduction(self, total: np.ndarray, n: int) -> np.ndarray: ...
+    def narrow(self, x: np.ndarray, dtype: str) -> np.ndarray: ...
     def end_step(self) -> None: ...
 
 
@@ -176,6 +177,23 @@ class Rounding:
 
     def bind(self, shape: tuple[int, ...]) -> None:
         """The kernel's parameter shape (a sampled model needs it for its sample axis)."""
+        self._taint_shape: tuple[int, ...] | None = shape
+
+    def _add_taint(self, tiny: np.ndarray) -> None:
+        """Mark parameter elements whose computation went below the normal range.
+        An intermediate of another shape than the parameter's (a Gram matrix
+        X X^T of Muon's iteration) feeds every element: it taints them all."""
+        target = getattr(self, "_taint_shape", None)
+        if target is not None and tiny.shape != target:
+            try:
+                fits = np.broadcast_shapes(tiny.shape, target) == target
+            except ValueError:
+                fits = False
+            if not fits:
+                lead = 1 if self.samples and tiny.ndim == len(target) else 0
+                per = np.any(tiny, axis=tuple(range(lead, tiny.ndim)), keepdims=True)
+                tiny = np.broadcast_to(per.reshape(per.shape[:lead] + (1,) * (len(target) - lead)), target)
+        self.taint = tiny.copy() if self.taint is None else (self.taint | tiny)
 
     def _array_r(self, x: np.ndarray) -> Any:
         """Relative jitter (in units of u) of an array result, or None."""
@@ -204,7 +222,7 @@ class Rounding:
         if (a < self.min_normal).any():
             tiny = (a < self.min_normal) & (x != 0)
             if tiny.any():
-                self.taint = tiny if self.taint is None else (self.taint | tiny)
+                self._add_taint(tiny)
         return x.astype(self.low).astype(x.dtype)
 
     def operand(self, x: Any) -> Any:
@@ -264,6 +282,16 @@ class Rounding:
         for _ in range(int(np.ceil(np.log2(max(n, 1)))) + 1):
             total = self(total)
         return total
+
+    def narrow(self, x: np.ndarray, dtype: str) -> np.ndarray:
+        """An operation the framework computes in a dtype narrower than the case's
+        (`bfloat16(x)` in a spec: torch's Newton-Schulz iteration): jittered by
+        that dtype's unit roundoff as `__call__` jitters by the case dtype's,
+        then rounded to it (held in x's dtype)."""
+        r = self._array_r(x)
+        if r is not None:
+            x = x * (1.0 + unit_roundoff(dtype) * np.asarray(r, dtype=x.dtype))
+        return x.astype(numpy_dtype(dtype)).astype(x.dtype)
 
     def edge_argument(self, kind: str, x: np.ndarray) -> None:
         """Record the argument of a square root or sign, or the difference of a
@@ -333,6 +361,7 @@ class SampledRounding(Rounding):
         return self._ndim
 
     def bind(self, shape: tuple[int, ...]) -> None:
+        self._taint_shape = (self.samples,) + tuple(shape)
         self._ndim = len(shape) + 1
         self._lead = (self.samples,) + (1,) * len(shape)
         self._plain_col = (self._unsigned + self._signed).reshape(self._lead)
@@ -383,8 +412,17 @@ class SampledRounding(Rounding):
         if small.any():
             tiny = small & (y != 0)
             if tiny.any():
-                self.taint = tiny if self.taint is None else (self.taint | tiny)
+                self._add_taint(tiny)
         return y.astype(self.low).astype(y.dtype)
+
+    def narrow(self, x: np.ndarray, dtype: str) -> np.ndarray:
+        # Rounding.narrow with each sample's jitter (as __call__, at that dtype's unit roundoff)
+        u = x.dtype.type(unit_roundoff(dtype))
+        factor = 1 + (self._unsigned.astype(x.dtype) * u).reshape(self._lead) + (self._signed.astype(x.dtype) * u).reshape(self._lead) * np.sign(x)
+        if self._n_random:
+            factor = np.broadcast_to(factor, self._full(x.shape)).copy()
+            factor[self._random] += self.rng.uniform(-float(u), float(u), (self._n_random,) + factor.shape[1:])
+        return (x * factor).astype(numpy_dtype(dtype)).astype(x.dtype)
 
     def scalar(self, x: Any) -> Any:
         # Rounding.scalar with _plain_r: one factor per sample, in x's dtype

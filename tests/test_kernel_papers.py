@@ -447,3 +447,62 @@ def test_adafactor_factoring_axes(catalog):
     # ... and equal the canonical rule on the tensor with those axes moved last
     moved = run(spec, {}, np.moveaxis(p0, 1, 0), np.moveaxis(grads, 2, 1)).params
     close(np.moveaxis(moved, 1, 2), other, rtol=1e-13)
+
+
+# --------------------------------------------------------------- Muon
+
+
+def newtonschulz5(G, steps=5, eps=1e-7):
+    """Jordan et al. 2024 (the Muon post's zeropower_via_newtonschulz5), in float64."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    X = G / (np.linalg.norm(G) + eps)
+    if G.shape[0] > G.shape[1]:
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    if G.shape[0] > G.shape[1]:
+        X = X.T
+    return X
+
+
+def muon_reference(p, grads, lr, momentum=0.95, nesterov=True, weight_decay=0.0):
+    """The post's Muon: B = mu B + G, NS5 of G + mu B (Nesterov) or of B; the update scaled by
+    sqrt(max(1, rows/cols)) and a decoupled decay, as in KellerJordan/Muon muon.py."""
+    B = np.zeros_like(p)
+    out = []
+    for G in grads:
+        B = momentum * B + G
+        O = newtonschulz5(G + momentum * B if nesterov else B)
+        p = p * (1 - lr * weight_decay) - lr * math.sqrt(max(1, p.shape[0] / p.shape[1])) * O
+        out.append(p)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (5, 2), (3, 3), (1, 4)])
+@pytest.mark.parametrize("hp", [dict(lr=0.02), dict(lr=0.1, momentum=0.5, nesterov=False, weight_decay=0.1)])
+def test_muon_is_the_posts_algorithm(catalog, shape, hp):
+    p0, grads = inputs(steps=5, shape=shape)
+    got = run(catalog.get("muon"), hp, p0, grads).params
+    # (the kernel never transposes: f(X^T)^T = f(X) for the quintic, so tall matrices agree to rounding)
+    close(got, muon_reference(p0, grads, **hp), rtol=1e-10)
+
+
+def test_muon_one_element_by_hand(catalog):
+    # a 1x1 gradient: B = g = 2, the Nesterov d = g + 0.95 B = 3.9, X0 = d/(|d| + eps), about
+    # sign(d); each Newton-Schulz step is x <- a x + b x^3 + c x^5
+    x = 3.9 / (3.9 + 1e-7)
+    for _ in range(5):
+        x = 3.4445 * x - 4.7750 * x**3 + 2.0315 * x**5
+    got = run(catalog.get("muon"), dict(lr=0.1), np.array([[1.0]]), np.array([[[2.0]]])).params
+    close(got[0], [[1.0 - 0.1 * x]], rtol=1e-15)
+    assert 0.68 < x < 1.2  # the iteration leaves the singular value near, not at, 1
+
+
+def test_muon_update_is_nearly_orthogonal(catalog):
+    # the post: NS5 gives U S' V^T with S' roughly in [0.5, 1.5], for a full-rank matrix
+    g = RNG.normal(size=(1, 6, 4))
+    step = (np.zeros((6, 4)) - run(catalog.get("muon"), dict(lr=1.0), np.zeros((6, 4)), g).params[0]) / math.sqrt(6 / 4)
+    s = np.linalg.svd(step, compute_uv=False)
+    assert np.all((s > 0.5) & (s < 1.5)), s

@@ -133,7 +133,8 @@ def _equivalence_cases(catalog):
                 return np.asarray(x, dtype=np.float64).astype(numpy_dtype(dtype)).astype(np.float64)
 
             yield Case(rule=spec.rule, dtype=dtype, params=r(rng.normal(size=(3, 4))), grads=r(rng.normal(size=(6, 3, 4)) * 10), hyperparameters=hp.get(spec.rule, {}))
-            yield Case(rule=spec.rule, dtype=dtype, params=r(rng.normal()), grads=r(rng.normal(size=(4,))), hyperparameters=hp.get(spec.rule, {}))
+            if 0 in spec.ranks:  # (Muon is defined for matrices only)
+                yield Case(rule=spec.rule, dtype=dtype, params=r(rng.normal()), grads=r(rng.normal(size=(4,))), hyperparameters=hp.get(spec.rule, {}))
     # a subnormal increment in a state computed from the gradient alone (no sample axis)
     yield Case(rule="sgd", dtype="float64", params=np.zeros(2), grads=np.array([[1.0, 1e-309]]), hyperparameters={"momentum": 0.9})
     rows = ((0, 2, 2), (1,), ())

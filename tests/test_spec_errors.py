@@ -76,7 +76,7 @@ def test_malformed_spec_is_located(tmp_path, name, text, path, needle, words):
 
 def test_every_builtin_spec_validates():
     catalog = load_catalog()
-    assert set(catalog.specs) == {"sgd", "rmsprop", "adadelta", "adagrad", "adam", "adamw", "adamax", "nadam", "radam", "lion", "ftrl", "adabelief", "lamb", "adafactor"}
+    assert set(catalog.specs) == {"sgd", "rmsprop", "adadelta", "adagrad", "adam", "adamw", "adamax", "nadam", "radam", "lion", "ftrl", "adabelief", "lamb", "adafactor", "muon"}
     for spec in catalog:
         assert spec.frameworks, spec.rule
         for variant in spec.variants.values():
