@@ -235,3 +235,22 @@ def test_a_seeded_cell_draws_the_same_cases_whatever_was_imported_before(tmp_pat
     runs = [subprocess.run([sys.executable, str(path), flag, str(tmp_path)], capture_output=True, text=True, check=True).stdout.split()[-1]
             for flag in "012"]
     assert runs[0] == runs[1] == runs[2]
+
+
+def test_a_rule_defined_for_matrices_draws_matrices_only(catalog):
+    from hypothesis import HealthCheck, given, settings
+
+    from conformance import strategies
+
+    spec = catalog.get("muon")
+    assert spec.ranks == (2,)
+    seen = set()
+
+    @settings(max_examples=40, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(strategies.cases(spec, spec.mode("jax", "jit"), device="cpu", dtype="float32"))
+    def draw(case):
+        seen.add(case.params.ndim)
+
+    draw()
+    assert seen == {2}
+    assert catalog.get("adam").ranks == (0, 1, 2, 3)

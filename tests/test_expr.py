@@ -149,3 +149,48 @@ def test_row_means_under_the_sampled_rounding_model_leave_the_sample_axis_alone(
     got = rounded_twin("row_mean(x)")({"x": batch, ROUNDING: sampled})
     assert np.all(np.abs(got - exact) <= 8 * 2.0 ** -24 * exact)  # 3 levels of pairwise rounding and the division, each up to an ulp
     assert len(set(got[:, 0, 0])) > 1
+
+
+def test_matrix_products_transposes_and_sizes():
+    from conformance.expr import compile_expression
+
+    x = np.arange(6.0).reshape(2, 3)
+    env = {"x": x}
+    np.testing.assert_array_equal(compile_expression("matmul(x, transpose(x))", {"x"})(env), x @ x.T)
+    assert compile_expression("size(x, -2)", {"x"})(env) == 2 and compile_expression("size(x, -1)", {"x"})(env) == 3
+    with pytest.raises(ExprError, match="needs matrices"):
+        compile_expression("transpose(x)", {"x"})({"x": np.ones(3)})
+    with pytest.raises(ExprError, match="axes are negative"):
+        compile_expression("size(x, 0)", {"x"})(env)
+
+
+def test_bfloat16_rounds_exactly_and_jitters_under_the_rounding_model():
+    from conformance.expr import ROUNDING, compile_expression, rounded_twin
+    from conformance.tolerance import SampledRounding
+
+    x = np.array([[1.0 / 3.0, 1.0 + 2.0**-9]])
+    # bfloat16 keeps 8 significant bits: 1/3 -> 0.333984375, 1 + 2^-9 -> 1 (ties to even)
+    np.testing.assert_array_equal(compile_expression("bfloat16(x)", {"x"})({"x": x}), [[0.333984375, 1.0]])
+    sampled = SampledRounding("float32", 5, np.random.default_rng(0))
+    sampled.bind(x.shape)
+    got = rounded_twin("bfloat16(x)")({"x": np.broadcast_to(x, (5,) + x.shape).copy(), ROUNDING: sampled})
+    assert got.shape == (5, 1, 2)
+    np.testing.assert_array_equal(got[0], [[0.333984375, 1.0]])  # the nearest run is the exact rounding
+    assert len(set(got[:, 0, 0])) > 1  # the directed runs push by up to bfloat16's unit roundoff
+    assert np.all(np.abs(got - x) <= 2.0 ** -7 * np.abs(x))
+
+
+def test_a_matrix_product_is_rounded_as_a_sum_of_its_terms():
+    from conformance.expr import ROUNDING, rounded_twin
+    from conformance.tolerance import SampledRounding
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(3, 4)).astype(np.float32).astype(np.float64)
+    sampled = SampledRounding("float32", 5, np.random.default_rng(0))
+    sampled.bind(a.shape)
+    got = rounded_twin("matmul(x, transpose(x))")({"x": np.broadcast_to(a, (5,) + a.shape).copy(), ROUNDING: sampled})
+    assert got.shape == (5, 3, 3)
+    size = np.abs(a) @ np.abs(a).T
+    # 4 terms: 3 levels of pairwise rounding, then the result's own rounding, each up to an ulp
+    assert np.all(np.abs(got - a @ a.T) <= 8 * 2.0**-24 * size)
+    assert len({float(v) for v in got[:, 0, 1]}) > 1

@@ -173,3 +173,19 @@ def test_the_batched_noise_estimate_is_the_serial_one(catalog):
             np.testing.assert_array_equal(a.moves, b.moves, err_msg=where)
             compared += 1
     assert compared > 200
+
+
+def test_an_intermediate_of_another_shape_taints_the_whole_parameter(catalog):
+    """Muon's Gram matrix X X^T (rows x rows) feeds every element: where it goes
+    below the normal range, every element is unjudged from then on (no
+    broadcasting error, and no element judged on a subnormal it depended on)."""
+    from conformance.tolerance import Rounding, SampledRounding
+
+    for model in (Rounding("float16"), SampledRounding("float16", 3, np.random.default_rng(0))):
+        model.bind((2, 1))
+        lead = (3,) if model.samples else ()
+        model(np.full(lead + (2, 2), 1e-6))  # subnormal in float16
+        assert model.taint.shape == lead + (2, 1) and model.taint.all()
+        model.taint = None
+        model(np.full(lead + (2, 1), 1e-6) * np.array([[1.0], [1e6]]))  # the parameter's own shape: per element
+        assert model.taint.reshape(-1, 2)[:, 0].all() and not model.taint.reshape(-1, 2)[:, 1].any()
