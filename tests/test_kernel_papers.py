@@ -506,3 +506,16 @@ def test_muon_update_is_nearly_orthogonal(catalog):
     step = (np.zeros((6, 4)) - run(catalog.get("muon"), dict(lr=1.0), np.zeros((6, 4)), g).params[0]) / math.sqrt(6 / 4)
     s = np.linalg.svd(step, compute_uv=False)
     assert np.all((s > 0.5) & (s < 1.5)), s
+
+
+def test_muon_keras_golden_values(catalog):
+    """keras/src/optimizers/muon_test.py (Keras 3.15): its expected values, reproduced by the
+    rule (test_Newton_Schulz: the iteration alone; test_muon_single_step: rms_rate 0.2)."""
+    spec = catalog.get("muon")
+    g = np.array([[0.2499, 0.9105], [0.2655, 0.8824]])
+    # the iteration alone: momentum 0 without Nesterov, lr 1 and a square matrix (scale 1) from 0
+    got = run(spec, dict(lr=1.0, momentum=0.0, nesterov=False), np.zeros((2, 2)), g[None]).params[0]
+    close(-got, [[-0.4422, 0.6457], [0.7285, 0.2968]], rtol=0, atol=1e-3)  # (3.4e-4: Keras' 4 digits)
+    got = run(spec, dict(lr=0.5), np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[[1.0, 6.0], [7.0, 2.0]]]),
+              variants=["rms_matched_scale"]).params[0]
+    close(got, [[0.988775, 1.887053], [2.873428, 3.97035]], rtol=0, atol=1e-6)  # (3.5e-7; Keras' test allows 1e-2)
