@@ -65,6 +65,7 @@ def baseline(summary: dict[str, Any]) -> dict[str, Any]:
     envs = summary.get("environments") or []
     versions = version_labels(envs)
     seeds = {(env.get("run") or {}).get("seed") for env in envs}
+    draws = {(env.get("run") or {}).get("draw") for env in envs}
     cells = {}
     for c in summary["cells"]:
         worst = c.get("worst_errors") or {}
@@ -98,6 +99,8 @@ def baseline(summary: dict[str, Any]) -> dict[str, Any]:
         # what the run chose to run (a baseline cell outside it is not "disappeared")
         "selections": [s for s in selections if isinstance(s, dict)],
         "seed": sorted(s for s in seeds if s is not None),
+        # how the cases were drawn from the seed (conformance.strategies.DRAW_SCHEME; absent: not recorded)
+        "draw": sorted(d for d in draws if d is not None),
         "versions": versions,
         "cells": cells,
         "defaults": defaults,
@@ -214,6 +217,11 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
         "bit_identical_cases": sum(c.get("bit_identical", 0) for c in compared),
     } if pairs else None
 
+    # A baseline whose cases were drawn by another scheme (this tool changed how
+    # it draws from a seed) holds other cases: which variants they showed and
+    # which precision findings, say nothing about a change. Only outcomes and
+    # defaults are compared, and the changelog says to re-record the baseline.
+    draws_differ = bool(base.get("draw")) and bool(run.get("draw")) and base["draw"] != run["draw"]
     unselected = 0
     for cid, b in sorted(base["cells"].items()):
         r = run["cells"].get(cid)
@@ -231,7 +239,7 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
             add("better", cid, b["outcome"], r["outcome"], f"the outcome improved ({b['outcome']} -> {r['outcome']})", False)
         # A side that crashed or did not run produced no values: its variants
         # and precision are not compared, only its outcome (above).
-        produced = not {b["outcome"], r["outcome"]} & {"not run", "crash", "unsupported"}
+        produced = not {b["outcome"], r["outcome"]} & {"not run", "crash", "unsupported"} and not draws_differ
         # On identical cases, a pinned~candidate pair within the tolerance says
         # that both versions computed the same values: a flipped variant or
         # precision label is then the classification of a case that barely tells
@@ -260,8 +268,8 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
                 add("precision", cid, ", ".join(b["precision"]), ", ".join(r["precision"]) or "exact",
                     f"the precision improved ({', '.join(gone)} no longer found)", False)
         wb, wr = _num(b.get("worst_ulp")), _num(r.get("worst_ulp"))
-        if "~" in (b.get("gradients") or ""):
-            wb = None  # the sparse~dense oracle's error is the declared sparse difference, not rounding
+        if "~" in (b.get("gradients") or "") or draws_differ:
+            wb = None  # the sparse~dense oracle's error is the declared sparse difference, not rounding (other cases: nothing to compare)
         if wb is not None and wr is not None and abs(wr - wb) > 1 and (max(wr, wb) > 2 * max(min(wr, wb), 1e-300)):
             add("numerics", cid, f"{wb:.3g} ulp", f"{wr:.3g} ulp", "the worst error moved (a different rounding path, within the tolerance)", False)
     for cid in sorted(set(run["cells"]) - set(base["cells"])):
@@ -276,6 +284,7 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
         "passed": not any(e["fails"] for e in entries),
         "versions": {fw: {"before": a, "after": b} for fw, (a, b) in upgrades.items()},
         "seed": {"baseline": base.get("seed"), "run": run.get("seed"), "differ": seeds_differ},
+        "draw": {"baseline": base.get("draw"), "run": run.get("draw"), "differ": draws_differ},
         "entries": entries,
         "side_by_side": side,
         "not_selected": unselected,
@@ -290,6 +299,11 @@ def changelog(result: dict[str, Any]) -> str:
     if result["seed"]["differ"]:
         lines.append(f"warning: the run's seed {result['seed']['run']} is not the baseline's {result['seed']['baseline']}: "
                      "other cases were drawn, so variant sets may differ by chance (run with --seed)")
+    draw = result.get("draw") or {}
+    if draw.get("differ"):
+        lines.append(f"warning: the baseline's cases were drawn by draw scheme {draw['baseline']}, this run's by {draw['run']} "
+                     "(this tool changed how it draws cases from a seed): only outcomes and defaults are compared; "
+                     "re-record the baseline with `conformance baseline` from a run of the pinned versions")
     side = result.get("side_by_side")
     if side:
         lines.append(

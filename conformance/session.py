@@ -19,6 +19,7 @@ from .defaults import measure as measure_defaults
 from .execution import DEFAULT_TIMEOUT, TargetHost, make_host
 from .registry import FRAMEWORKS, availability, worker_python
 from .results import ResultWriter, environment, write_cell_status, write_environment
+from .strategies import DRAW_SCHEME
 from .cross import is_env_cross
 from .runner import (
     CANDIDATE,
@@ -245,6 +246,7 @@ class Options:
             "max_steps": self.profile.max_steps,
             "max_size": self.profile.max_size,
             "seed": self.seed,
+            "draw": DRAW_SCHEME,
             "shard": f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
             "isolation": self.isolation,
             "selection": {k: list(v) if v else None for k, v in vars(s).items()},

@@ -314,3 +314,36 @@ def test_side_by_side_a_flipped_variant_on_the_same_values_is_noted_not_failed()
     assert not noted["fails"] and "same values within the tolerance" in noted["why"]
     assert by[("semantics", "rmsprop[torch-forloop-cpu-float32]")]["fails"]
     assert by[("changed", "rmsprop[torch-forloop-cpu-float32@pinned~candidate]")]["fails"]
+
+
+def test_a_baseline_drawn_by_another_scheme_compares_outcomes_only():
+    """This tool changed how it draws cases from a seed (strategies.DRAW_SCHEME):
+    the same seed gives other cases, whose variants and precision findings say
+    nothing about a change. Seen for real: the baseline recorded before tensors
+    were drawn as a kind and a seed failed 'semantics changed' on dozens of cells
+    of an unchanged install. Outcomes and defaults are still compared."""
+    s, t = _summary(), _summary()
+    s["environments"][0]["run"]["draw"] = 1
+    t["environments"][0]["run"]["draw"] = 2
+    _cell(t, "rmsprop[torch-forloop-cpu-float32]").update(outcome="conforms", matched_variants={"canonical": 20})
+    _cell(t, "adam[torch-fused-cpu-float32]")["worst_errors"] = {"max_ulp_error": 300.0, "margin": 0.2}
+    result = compare(baseline(s), baseline(t))
+    assert result["passed"] and result["draw"] == {"baseline": [1], "run": [2], "differ": True}
+    assert not [e for e in result["entries"] if e["kind"] in ("semantics", "numerics", "precision")]
+    assert "re-record the baseline" in changelog(result)
+    _cell(t, "adam[torch-fused-cpu-float32]")["outcome"] = "diverges"
+    result = compare(baseline(s), baseline(t))
+    assert not result["passed"] and [e["kind"] for e in result["entries"] if e["fails"]] == ["worse"]
+    # the same scheme (or one side not recorded, as in baselines before it was) compares everything
+    t["environments"][0]["run"]["draw"] = 1
+    assert not compare(baseline(s), baseline(t))["draw"]["differ"]
+    del s["environments"][0]["run"]["draw"]
+    assert compare(baseline(s), baseline(t))["draw"] == {"baseline": [], "run": [1], "differ": False}
+
+
+def test_a_run_records_its_draw_scheme():
+    from conformance.session import Options
+    from conformance.strategies import DRAW_SCHEME
+
+    # (what a run writes into its environment, and the baseline and the gate read back)
+    assert Options().to_json()["draw"] == DRAW_SCHEME
