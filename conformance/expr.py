@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .dtypes import numpy_dtype
+
 Env = dict[str, Any]
 Compiled = Callable[[Env], Any]
 
@@ -301,8 +303,6 @@ def _matrix_node(name: str, args: list[Node], rounded: bool, source: str) -> Nod
 
 def _narrow_node(dtype: str, arg: Node, rounded: bool) -> Node:
     """bfloat16(x) (FUNCTIONS): x rounded to a dtype narrower than the case's."""
-    from .dtypes import numpy_dtype  # (expr has no other dependency on the package)
-
     low = numpy_dtype(dtype)
 
     def run(env: Env) -> tuple[Any, bool]:
