@@ -217,6 +217,11 @@ def _lead(x: np.ndarray, env: Env, rounded: bool) -> int:
     return 1 if rounding is not None and rounding.samples and x.ndim == rounding.full_ndim else 0
 
 
+def _is_int(k: Any) -> bool:
+    """An integer argument (an axis or a position), not a bool."""
+    return isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+
+
 def _param_axes(x: np.ndarray, lead: int, name: str, axis: Any, source: str) -> tuple[int, ...]:
     """The axes (non-negative) that reduction `name` reduces of x (a sample axis excluded)."""
     own = x.ndim - lead
@@ -227,7 +232,7 @@ def _param_axes(x: np.ndarray, lead: int, name: str, axis: Any, source: str) -> 
     elif name == "col_mean":
         wanted = -2
     else:
-        if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        if not _is_int(axis):
             raise ExprError(f"mean_axis() takes an integer axis in {source!r}, got {axis!r}")
         wanted = int(axis)
     if not -own <= wanted < 0:
@@ -331,10 +336,10 @@ def _shape_node(name: str, args: list[Node], rounded: bool, source: str) -> Node
             return len(shape), False
         k = args[1](env)[0]
         if name == "size":
-            if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not -len(shape) <= k < 0:
+            if not _is_int(k) or not -len(shape) <= k < 0:
                 raise ExprError(f"size() in {source!r}: axis {k!r} of a tensor with {len(shape)} axes (axes are negative)")
             return int(shape[k]), False
-        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not -len(shape) <= k < len(shape):
+        if not _is_int(k) or not -len(shape) <= k < len(shape):
             raise ExprError(f"axis_by_size() in {source!r}: position {k!r} of a tensor with {len(shape)} axes")
         order = np.argsort(np.asarray(shape), kind="stable")
         return int(order[k]) - len(shape), False
