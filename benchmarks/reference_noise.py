@@ -26,7 +26,7 @@ import numpy as np
 
 from conformance.case import Case
 from conformance.catalog import load_catalog
-from conformance.compare import reference, tolerance_for
+from conformance.tolerance import reference, tolerance_for
 from conformance.dtypes import round_to
 from conformance.kernel import run_case
 from kernel_adam import best_of  # (this folder: the same best-of-N timer)

@@ -30,7 +30,9 @@ from conformance.compare import classify
 from conformance.kernel import run_case
 from conformance.report import write_report
 from conformance.results import summarize
-from conformance.runner import Cell, Record, Trajectories
+from conformance.cells import Cell
+from conformance.records import Record
+from conformance.tolerance import Trajectory
 
 
 def results(directory: Path, cases: int) -> None:
@@ -41,14 +43,14 @@ def results(directory: Path, cases: int) -> None:
     case = Case.from_dict({"rule": "adam", "framework": "torch", "mode": "forloop", "device": "cpu", "dtype": "float32",
                            "hyperparameters": hp, "params": rng.standard_normal((3, 2)).astype(np.float32).tolist(),
                            "grads": rng.standard_normal((5, 3, 2)).astype(np.float32).tolist()})
-    observed = Trajectories(run_case(spec, case).params.astype(np.float32).astype(np.float64), {})
+    observed = Trajectory(run_case(spec, case).params.astype(np.float32).astype(np.float64), {})
     verdict = classify(spec, case, (), observed)
     directory.mkdir(parents=True)
     with open(directory / "results-main.jsonl", "w", encoding="utf-8") as f:
         for n in range(cases // 20):
             cell = Cell("adam", "torch", f"m{n:04d}", "cpu", "float32")
             for k in range(20):
-                record = Record(cell, verdict.outcome, verdict.explanation, verdict=verdict, case=case, observed=observed)
+                record = Record(cell=cell, outcome=verdict.outcome, reason=verdict.explanation, verdict=verdict, case=case, observed=observed)
                 line = record.to_json(with_case=k == 0)
                 line["mode"] = "forloop"  # (the spec's mode, so that the evidence and reproducer are made)
                 f.write(json.dumps(line) + "\n")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError
 
+from .cells import PLAIN_GRADIENTS, Cross, migrate_legacy_cross
 from .dtypes import DTYPES, round_to
 from .registry import FRAMEWORKS, REFERENCE
 from .yamlsource import SourceError, format_path
@@ -27,6 +28,13 @@ from .yamlsource import SourceError, format_path
 
 class CaseError(SourceError):
     """A case that cannot be replayed, located by file and key path."""
+
+
+class _CrossModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    axis: str
+    other: str
 
 
 class _CaseModel(BaseModel):
@@ -45,6 +53,7 @@ class _CaseModel(BaseModel):
     sparse_rows: list[list[StrictInt]] | None = None
     sparse_values: list[list[Any]] | None = None
     gradients: str | None = None
+    cross: _CrossModel | None = None
     seed: int | None = None
 
 
@@ -66,9 +75,13 @@ class Case:
     # ... and, when a row repeats, one slice per listed row (float64, rounded
     # to `dtype`); `grads` is then their sum, rounded once to `dtype`.
     sparse_values: tuple[np.ndarray, ...] | None = None
-    # "sparse~dense": replay as the sparse-vs-dense oracle (conformance/cross.py)
+    # "dense" or "sparse" (default: sparse where sparse_rows are given)
     gradients: str | None = None
     seed: int | None = None
+    # replay as a cross cell (conformance/cross.py): the second side's value
+    # on one axis (`{"axis": "mode", "other": "xla"}`; gradients: "dense" for
+    # the sparse-vs-dense oracle)
+    cross: Cross | None = None
 
     @property
     def steps(self) -> int:
@@ -108,10 +121,20 @@ class Case:
             kind = e["type"]
             msg = {"extra_forbidden": "unknown key", "missing": "missing required key"}.get(kind, e["msg"])
             raise err(path, msg) from None
-        if m.gradients is not None and m.gradients not in ("dense", "sparse", "sparse~dense"):
-            raise err(("gradients",), f"unknown gradient kind {m.gradients!r} (known: dense, sparse, sparse~dense)")
-        if m.gradients == "sparse~dense" and m.sparse_rows is None:
-            raise err(("gradients",), "the sparse~dense oracle needs sparse_rows")
+        sides, cross = migrate_legacy_cross({"mode": m.mode, "device": m.device, "gradients": m.gradients})
+        if m.cross is not None:
+            if cross is not None:
+                raise err((cross.axis,), f"a cross case names its second side in `cross` only, not as {getattr(m, cross.axis)!r}")
+            if m.cross.axis not in ("mode", "device", "gradients"):
+                raise err(("cross", "axis"), f"a case crosses mode, device or gradients, not {m.cross.axis!r}")
+            cross = Cross(m.cross.axis, m.cross.other)
+        if sides["gradients"] is not None and sides["gradients"] not in PLAIN_GRADIENTS:
+            raise err(("gradients",), f"unknown gradient kind {m.gradients!r} (known: {', '.join(PLAIN_GRADIENTS)})")
+        if cross is not None and cross.axis == "gradients":
+            if (sides["gradients"], cross.other) != ("sparse", "dense"):
+                raise err(("cross",), "gradients cross as the sparse-vs-dense oracle only: gradients sparse, other dense")
+            if m.sparse_rows is None:
+                raise err(("cross",), "the sparse~dense oracle needs sparse_rows")
         if m.framework != REFERENCE and m.framework not in FRAMEWORKS and not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", m.framework):
             # (a user's target has a name of its own: the spec that declares it is checked at replay)
             raise err(("framework",), f"unknown framework {m.framework!r} (known: {REFERENCE}, {', '.join(FRAMEWORKS)}, or a target's name)")
@@ -189,13 +212,14 @@ class Case:
             hyperparameters=dict(m.hyperparameters),
             framework=m.framework,
             variant=variant,
-            mode=m.mode,
-            device=m.device,
+            mode=sides["mode"],
+            device=sides["device"],
             lr_schedule=lr,
             sparse_rows=rows,
             sparse_values=tuple(values) if values is not None else None,
-            gradients=m.gradients,
+            gradients=sides["gradients"],
             seed=m.seed,
+            cross=cross,
         )
 
     @classmethod
@@ -229,6 +253,8 @@ class Case:
             out["sparse_values"] = [v.tolist() for v in self.sparse_values]
         if self.gradients is not None:
             out["gradients"] = self.gradients
+        if self.cross is not None:
+            out["cross"] = self.cross.to_json()
         if self.seed is not None:
             out["seed"] = self.seed
         return out

@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
+from .case import Case
 from .catalog import Catalog, load_catalog, spec_files
-from .registry import FRAMEWORKS, REFERENCE, availability
+from .cells import column_order
+from .execution import make_host, WorkerHost
+from .expr import compile_expression
+from .gate import baseline, changelog, compare, read_baseline, write_gate
+from .progress import Counter, Display, FILE as PROGRESS_FILE, watch
+from .registry import availability, entry, foreign_module, FRAMEWORKS, package_versions, REFERENCE, worker_package_versions, worker_python
+from .replay import case_for, replay_data
+from .report import write_report
+from .results import clear_run, read_records, sparse_semantics, summarize, write_summary
+from .session import add_options, discover_pythons, option_argv, Options, parse_frameworks, parse_pythons, remember_seed, Session
 from .spec import load_spec
-from .progress import FILE as PROGRESS_FILE, Counter, Display, watch
-from .session import add_options, discover_pythons, option_argv, parse_pythons, remember_seed
 from .terminal import failing_cells, print_answer, print_cells, print_sparse
 from .yamlsource import SourceError
 
@@ -162,7 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_data(catalog: Catalog) -> dict[str, Any]:
-    from .registry import package_versions, worker_package_versions, worker_python
 
     frameworks = {}
     for name in FRAMEWORKS:
@@ -207,7 +214,6 @@ def list_data(catalog: Catalog) -> dict[str, Any]:
 
 def defaults_data(catalog: Catalog, args: argparse.Namespace) -> dict[str, Any]:
     """Measured defaults of every available framework (rows as in summary.json)."""
-    from .session import Options, Session
 
     options = Options.from_namespace(args, seed=0)
     options.with_default_frameworks(catalog)
@@ -247,7 +253,6 @@ def print_defaults(data: dict[str, Any]) -> None:
 
 def sparse_data(catalog: Catalog, results: str) -> dict[str, Any]:
     """Declared sparse semantics per rule and framework mode, with what a run measured."""
-    from .results import read_records, sparse_semantics
 
     source = Path(results) if results else _newest_run(Path("reports"))
     measured = {}
@@ -338,133 +343,7 @@ def cmd_validate(args: argparse.Namespace, catalog: Catalog) -> int:
 # ---------------------------------------------------------------- replay
 
 
-def replay_data(catalog: Catalog, case, isolation: str = "worker", pythons: dict[str, str] | None = None,
-                allow_import: frozenset[str] = frozenset()) -> dict[str, Any]:
-    from .kernel import run_case
-
-    spec = catalog.get(case.rule)
-    for name in case.variant:
-        spec.variant(name)
-    hp = spec.resolve(case.hyperparameters)
-    if case.framework != REFERENCE:
-        return replay_framework(catalog, case, isolation, pythons or {}, allow_import)
-    traj = run_case(spec, case)
-    out: dict[str, Any] = {
-        "rule": case.rule,
-        "framework": case.framework,
-        "variant": list(case.variant),
-        "mode": case.mode,
-        "device": case.device,
-        "dtype": case.dtype,
-        "compute_dtype": "float64",
-        "sparse_semantics": spec.sparse_semantics(case.variant),
-        "hyperparameters": hp,
-        "steps": case.steps,
-    }
-    out.update(traj.to_json())
-    return out
-
-
-def replay_framework(catalog: Catalog, case, isolation: str, pythons: dict[str, str], allow_import: frozenset[str] = frozenset()) -> dict[str, Any]:
-    from .execution import TargetHost, make_host
-    from .kernel import run_case
-    from .cross import execute_cross, is_cross, sides
-    from .runner import Cell, execute
-
-    from dataclasses import replace as _replace
-
-    from .registry import entry
-
-    spec = catalog.get(case.rule)
-    if case.mode is None or case.device is None:
-        # the framework's default path: the first mode its section lists (torch
-        # forloop, Keras eager, Optax eager, MXNet updater), on its first device (cpu)
-        modes = [m for (fw, m) in spec.modes if fw == case.framework]
-        if not modes:
-            raise ValueError(f"rule {case.rule} has no {case.framework} section")
-        case = _replace(case, mode=case.mode or modes[0], device=case.device or entry(catalog.targets().get(case.framework, case.framework)).devices[0])
-    kind = case.gradients or ("sparse" if case.sparse_rows is not None else "dense")
-    cell = Cell(case.rule, case.framework, case.mode, case.device, case.dtype, kind)
-    cross = is_cross(cell)
-    first = sides(cell)[0] if cross else cell
-    runs_on = spec.mode(case.framework, first.mode).runs_on
-    if runs_on not in pythons:
-        a = availability(runs_on)
-        if a.reason:
-            raise ValueError(f"cannot replay on {case.framework}: {a.reason}")
-    host = make_host(runs_on, "worker" if runs_on in pythons else isolation, pythons.get(runs_on))
-    if runs_on != case.framework:  # a user's target: its module, if the user allows it
-        from .session import target_host
-
-        try:
-            host = target_host(catalog, case.framework, host, allow_import)
-        except ValueError:
-            host.close()
-            raise
-    try:
-        if cross:
-            from dataclasses import replace
-
-            record = execute_cross(spec, cell, replace(case, mode=first.mode, device=first.device), host)
-        else:
-            record = execute(spec, cell, case, host)
-    finally:
-        (host.host if isinstance(host, TargetHost) else host).close()
-    from .runner import stored_inputs, trajectories_json
-
-    mode = spec.mode(case.framework, first.mode)
-    ref = run_case(spec, stored_inputs(spec, mode, case), variants=mode.expect)
-    out: dict[str, Any] = {
-        "rule": case.rule,
-        "framework": case.framework,
-        "mode": case.mode,
-        "device": case.device,
-        "dtype": case.dtype,
-        "hyperparameters": spec.resolve(case.hyperparameters),
-        "steps": case.steps,
-        "outcome": record.outcome,
-        "reason": record.reason,
-        "expected_variant": "+".join(mode.expect) or "canonical",
-        "matched_variant": None,
-        "first_divergent_step": None,
-        "max_abs_error": None,
-        "max_rel_error": None,
-        "max_ulp_error": None,
-        "reference_trajectory": ref.to_json()["trajectory"],
-        "reference_state": ref.to_json()["state"],
-        # what the framework computed: its parameters and readable state slots after every step
-        "trajectory": None,
-        "state": None,
-        "failing": record.failing,
-    }
-    if record.observed is not None:
-        observed = trajectories_json(record.observed)
-        out.update(trajectory=observed["params"], state=observed["state"])
-    if record.precision is not None:
-        out["precision"] = record.precision.to_json()
-    if record.verdict is not None:
-        v = record.verdict.to_json()
-        e = v["against_expected"]
-        out.update(
-            matched_variant=v["matched_variant"],
-            fingerprint=v["fingerprint"],
-            stale=v["stale"],
-            known_issue=v["known_issue"],
-            first_divergent_step=e["first_divergent_step"],
-            first_divergent_slot=e["slot"],
-            first_divergent_element=e["element"],
-            max_abs_error=e["max_abs_error"],
-            max_rel_error=e["max_rel_error"],
-            max_ulp_error=e["max_ulp_error"],
-            margin=e["margin"],
-        )
-    if record.detail:
-        out["detail"] = record.detail
-    return out
-
-
 def cmd_replay(args: argparse.Namespace, catalog: Catalog) -> int:
-    from .case import Case
 
     case = Case.load(args.case)
     data = replay_data(catalog, case, args.isolation, discover_pythons(parse_pythons(args.python)), frozenset(args.allow_import or ()))
@@ -497,11 +376,6 @@ def cmd_replay(args: argparse.Namespace, catalog: Catalog) -> int:
 def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     import time
 
-    from .cross import is_cross
-    from .report import write_report
-    from .results import clear_run, write_summary
-    from .session import Options, Session
-
     options = Options.from_namespace(args)
     options.with_default_frameworks(catalog)
     if options.shard is None:  # (the shards of a --jobs run were checked by their parent)
@@ -526,7 +400,6 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     if jobs > 1 and options.shard is None and len(cells) > 1:
         session.close()
         return _run_jobs(args, options, out, run_id, min(jobs, len(cells)), len(cells))
-    from .runner import column_order
 
     frameworks = sorted({c.framework for c in cells}, key=lambda f: column_order(f, catalog.targets()))
     env = session.write_environment(frameworks)
@@ -559,12 +432,8 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
         if r.minimal is not None and r.minimal.case is not None:
             case_file = out / f"minimal-{_safe(r.cell.id)}.json"
             minimal = r.minimal.case
-            if is_cross(r.cell):  # replayed as the cross cell: both sides
-                from dataclasses import replace
-
-                minimal = replace(minimal, mode=r.cell.mode, device=r.cell.device, gradients=r.cell.gradients if "~" in r.cell.gradients else None)
-            case_file.write_text(minimal.to_json(indent=1), encoding="utf-8")
-            replays[r.cell.id] = _replay_command(r.cell.framework, r.cell.env, case_file, options)
+            case_file.write_text(case_for(r.cell, minimal).to_json(indent=1), encoding="utf-8")  # (a cross cell replays as itself)
+            replays[r.cell.id] = _replay_command(r.cell, case_file, options)
     if options.shard is not None and args.jobs == 1:  # a shard of a `--jobs` run leaves the report to the merge
         print_cells(summary)
         print(f"summary: {out / 'summary.json'} (the report is written by the merge)")
@@ -575,20 +444,19 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     return 1 if failing_cells(summary, options.fail_on) else 0
 
 
-def _replay_command(framework: str, env: str, case_file: Path, options: Any) -> str:
+def _replay_command(cell: Any, case_file: Path, options: Any) -> str:
     """How to replay a failing cell's minimal case (a candidate's side under its interpreter)."""
-    if not env:
+    if not cell.env and not cell.crosses("env"):
         return f"conformance replay {case_file} --json"
-    candidate = options.candidates.get(framework)
-    return (f"conformance replay {case_file} --json --python {framework}={candidate}"
-            + (" (and without --python for the pinned side)" if "~" in env else ""))
+    candidate = options.candidates.get(cell.framework)
+    return (f"conformance replay {case_file} --json --python {cell.framework}={candidate}"
+            + (" (and without --python for the pinned side)" if cell.crosses("env") else ""))
 
 
 def _broken_workers(options: Any) -> str | None:
     """An environment that cannot start its worker is one clear error before
     any cell runs: which interpreter, the tail of its stderr, how to rebuild it
     (instead of every cell of that framework skipped as 'worker died')."""
-    from .execution import WorkerHost
 
     selected = set(options.selection.frameworks or FRAMEWORKS)
     envs = [(fw, python, "") for fw, python in options.pythons.items() if fw in selected]
@@ -645,7 +513,6 @@ def check_section(catalog: Catalog, rule: str, framework: str, path: str, accept
 
 
 def _names(source: str) -> set[str]:
-    from .expr import compile_expression
 
     return set(compile_expression(source, None, allow_none=True).names)
 
@@ -657,9 +524,6 @@ def cmd_check(args: argparse.Namespace, catalog: Catalog) -> int:
     import time
 
     import yaml
-
-    from .execution import make_host
-    from .registry import foreign_module
 
     framework, sep, path = args.target.partition(":")
     if not sep or framework not in FRAMEWORKS or not path:
@@ -726,9 +590,6 @@ def cmd_setup_worker(args: argparse.Namespace, catalog: Catalog) -> int:
     worker in it to check that the environment works."""
     import subprocess
 
-    from .execution import WorkerHost
-    from .registry import entry
-
     e = entry(args.framework)
     requirements = list(args.requirement or e.worker_requirements)
     if not requirements:
@@ -783,9 +644,6 @@ def _run_jobs(args: argparse.Namespace, options: Any, out: Path, run_id: str, jo
     import subprocess
     import time
 
-    from .report import write_report
-    from .results import write_summary
-
     # the children get the same options from the options table (never argv filtered by hand)
     child_args = option_argv(args, leave=("--seed", "--shard")) + [f"--specs={d}" for d in args.specs]
     out.mkdir(parents=True, exist_ok=True)
@@ -833,8 +691,6 @@ def _safe(text: str) -> str:
 
 
 def cmd_baseline(args: argparse.Namespace, catalog: Catalog) -> int:
-    from .gate import baseline
-    from .results import summarize
 
     data = baseline(summarize(args.dirs))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -848,10 +704,6 @@ def cmd_baseline(args: argparse.Namespace, catalog: Catalog) -> int:
 
 
 def cmd_gate(args: argparse.Namespace, catalog: Catalog) -> int:
-    from .gate import baseline, changelog, compare, read_baseline, write_gate
-    from .report import write_report
-    from .results import summarize
-    from .session import parse_frameworks
 
     summary = summarize(args.dirs)
     frameworks = parse_frameworks(args.frameworks)
@@ -866,8 +718,6 @@ def cmd_gate(args: argparse.Namespace, catalog: Catalog) -> int:
 
 
 def cmd_merge(args: argparse.Namespace, catalog: Catalog) -> int:
-    from .report import write_report
-    from .results import write_summary
 
     out = Path(args.out or args.dirs[0])
     for d in args.dirs:

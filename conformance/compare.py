@@ -26,25 +26,10 @@ import numpy as np
 
 from .case import Case
 from .dtypes import ulp
+from .outcomes import CONFORMS, DIVERGES, KNOWN, Outcome
 from .spec import Spec
-from .tolerance import (  # noqa: F401  (Rounding, Tolerance, DEFAULT_TOLERANCE: importable from here too)
-    DEFAULT_TOLERANCE,
-    Reference,
-    Rounding,
-    Tolerance,
-    Trajectories,
-    reference,
-    tolerance_for,
-)
+from .tolerance import Reference, Tolerance, Trajectory, reference, tolerance_for
 
-CONFORMS = "conforms"
-KNOWN = "known-divergence"
-DIVERGES = "diverges"
-UNSUPPORTED = "unsupported"
-CRASH = "crash"
-#: Outcomes from worst to best; a cell shows the worst of its cases.
-OUTCOMES = (CRASH, DIVERGES, KNOWN, CONFORMS, UNSUPPORTED)
-FAILING = frozenset({DIVERGES, CRASH})
 
 
 @dataclass(frozen=True)
@@ -100,7 +85,7 @@ def element_errors(obs: np.ndarray, exp: np.ndarray) -> np.ndarray:
         return np.where(same, 0.0, np.where(np.isnan(diff), np.inf, diff))
 
 
-def compare(observed: Trajectories, ref: Reference, dtype: str) -> Comparison:
+def compare(observed: Trajectory, ref: Reference, dtype: str) -> Comparison:
     slots: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = [
         ("p", observed.params, ref.values.params, ref.bound.params)
     ]
@@ -144,7 +129,7 @@ def compare(observed: Trajectories, ref: Reference, dtype: str) -> Comparison:
 
 @dataclass(frozen=True)
 class Verdict:
-    outcome: str
+    outcome: Outcome
     expected: tuple[str, ...]  # the declared variants (empty: canonical)
     matched_variant: tuple[str, ...] | None  # what the framework was found to follow
     against_expected: Comparison
@@ -162,12 +147,12 @@ class Verdict:
 
     @property
     def failing(self) -> bool:
-        return self.outcome in FAILING or (self.precision is not None and self.precision.failing)
+        return self.outcome.failing or (self.precision is not None and self.precision.failing)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "sparse_semantics": self.sparse,
-            "outcome": self.outcome,
+            "outcome": str(self.outcome),
             "expected": list(self.expected),
             "matched_variant": _variant_name(self.matched_variant),
             "fingerprint": [_variant_name(f) for f in self.fingerprint],
@@ -191,7 +176,7 @@ def classify(
     spec: Spec,
     case: Case,
     expected: Sequence[str],
-    observed: Trajectories,
+    observed: Trajectory,
     *,
     fingerprint: bool = True,
     tol: Tolerance | None = None,
@@ -292,7 +277,7 @@ def _where(c: Comparison) -> str:
 def search_variants(
     spec: Spec,
     case: Case,
-    observed: Trajectories,
+    observed: Trajectory,
     *,
     exclude: tuple[str, ...] = (),
     ref_of: Any,

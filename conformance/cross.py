@@ -16,10 +16,9 @@ dense-equivalent, the two must agree as above; where it declares a
 sparse-only behaviour (lazy, or Keras' per-slice squares of a repeated row),
 they must differ exactly when the reference's sparse and dense runs differ.
 
-Only modes whose configuration is the same (optimizer, arguments, declared
-variants, hyperparameter precision, gradient kind) are paired: torch's
-foreach mode rounds scalars to the tensor dtype by declaration, so comparing
-it with forloop in bfloat16 would only restate that.
+Only modes whose configuration is the same are paired (`cells.mode_pairs`).
+Which cells are crossed is `conformance/cells.py`'s business; this module
+runs and judges one case of one.
 """
 
 from __future__ import annotations
@@ -31,81 +30,37 @@ from typing import Any
 import numpy as np
 
 from .case import Case
-from .compare import CONFORMS, CRASH, DIVERGES, KNOWN, UNSUPPORTED, Reference, Trajectories, Verdict, compare, tolerance_for
+from .cells import Cell
+from .compare import Verdict, compare
+from .tolerance import Reference, tolerance_for
+from .judging import build_request, observed_trajectories, skip_reason, stored_inputs
+from .outcomes import CONFORMS, CRASH, DIVERGES, KNOWN, UNSUPPORTED
+from .records import CROSS, Record
 from .spec import ModeConfig, Spec
-from .tolerance import shared_reference
+from .tolerance import Trajectory, shared_reference
 
-SEP = "~"
 #: sparse~dense: a declared difference beyond EDGE x the bound must show, one
 #: below 1/EDGE x the bound must not; in between the case cannot tell
 EDGE = 2.0
 
 
-def is_cross(cell: Any) -> bool:
-    return SEP in cell.mode or SEP in cell.device or SEP in getattr(cell, "gradients", "") or SEP in getattr(cell, "env", "")
-
-
-def is_env_cross(cell: Any) -> bool:
-    """The pinned and the candidate environment of a side-by-side run compared."""
-    return SEP in getattr(cell, "env", "")
-
-
-def sides(cell: Any) -> tuple[Any, Any]:
-    """The two plain cells a cross cell compares."""
-    from .runner import PINNED
-
-    for field in ("mode", "device", "gradients", "env"):
-        value = getattr(cell, field)
-        if SEP in value:
-            a, b = value.split(SEP, 1)
-            if field == "env":  # the pinned side is the run's own environment
-                a, b = ("" if a == PINNED else a), ("" if b == PINNED else b)
-            return replace(cell, **{field: a}), replace(cell, **{field: b})
-    raise ValueError(f"{cell.id} is not a cross cell")
-
-
-def _signature(spec: Spec, mode: ModeConfig) -> tuple:
-    args = tuple(
-        (k, tuple(x.source for x in v) if isinstance(v, tuple) else v.source) for k, v in sorted(mode.args.items())
-    )
-    return (
-        mode.optimizer,
-        args,
-        tuple(sorted(mode.expect)),
-        mode.hyperparameter_dtype,
-        mode.input_dtypes,
-        mode.gradients,
-        tuple(sorted(mode.state.items())),
-    )
-
-
-def mode_pairs(spec: Spec, framework: str) -> list[tuple[str, str]]:
-    """(first mode, other mode) for every group of modes with one configuration."""
-    groups: dict[tuple, list[str]] = {}
-    for (fw, name), mode in spec.modes.items():
-        if fw == framework:
-            groups.setdefault(_signature(spec, mode), []).append(name)
-    return [(names[0], other) for names in groups.values() for other in names[1:]]
-
-
-def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: float | None = None, other_host: Any = None) -> Any:
+def execute_cross(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | None = None, other_host: Any = None) -> Record:
     """Run `case` through both sides of a cross cell and compare them (the
     second side on `other_host` where given: the candidate environment)."""
-    from .runner import Record, build_request, observed_trajectories, skip_reason, stored_inputs
-
     t0 = time.perf_counter()
-    first, second = sides(cell)
+    first, second = cell.sides()
+    left, right = cell.side_names()
     mode = spec.mode(first.framework, first.mode)
     case = stored_inputs(spec, mode, case)
     hp = spec.resolve(case.hyperparameters)
     why = skip_reason(mode, case, hp)
     if why is not None:
-        return Record(cell, UNSUPPORTED, why, case=case, seconds=time.perf_counter() - t0)
+        return Record(cell=cell, outcome=UNSUPPORTED, reason=why, case=case, seconds=time.perf_counter() - t0)
     sparse_dense = first.gradients != second.gradients
     if sparse_dense and case.sparse_rows is None:
-        return Record(cell, UNSUPPORTED, "the sparse-vs-dense oracle needs a sparse case", case=case, seconds=time.perf_counter() - t0)
-    observed: list[Trajectories] = []
-    for side, side_host in ((first, host), (second, other_host or host)):
+        return Record(cell=cell, outcome=UNSUPPORTED, reason="the sparse-vs-dense oracle needs a sparse case", case=case, seconds=time.perf_counter() - t0)
+    observed: list[Trajectory] = []
+    for side, name, side_host in ((first, left, host), (second, right, other_host or host)):
         side_mode = spec.mode(side.framework, side.mode)
         side_case = replace(case, mode=side.mode, device=side.device)
         if side.gradients == "dense" and case.sparse_rows is not None:
@@ -116,18 +71,18 @@ def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: floa
             # A crash is reported by the side's own cell; here it only means
             # there is nothing to compare.
             status = "unsupported" if answer.status == "unsupported" else "crashed"
-            where = f"{side.mode} on {side.device}" + (f" ({_name(side, cell)})" if is_env_cross(cell) else "")
+            where = f"{side.mode} on {side.device}" + (f" ({name})" if cell.crosses("env") else "")
             return Record(
-                cell,
-                UNSUPPORTED,
-                f"{where} {status}: {answer.reason}",
+                cell=cell,
+                outcome=UNSUPPORTED,
+                reason=f"{where} {status}: {answer.reason}",
                 case=case,
                 seconds=time.perf_counter() - t0,
             )
         try:
             observed.append(observed_trajectories(side_mode, answer.result, case.steps, case.shape))
         except (KeyError, TypeError, ValueError) as exc:
-            return Record(cell, CRASH, f"the adapter's answer is malformed: {exc}", case=case, seconds=time.perf_counter() - t0)
+            return Record(cell=cell, outcome=CRASH, reason=f"the adapter's answer is malformed: {exc}", case=case, seconds=time.perf_counter() - t0)
     a, b = observed
     tol = tolerance_for(spec, case.dtype)
     if sparse_dense:
@@ -135,10 +90,9 @@ def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: floa
     ref = shared_reference(spec, case, mode.expect, tol, mode.hyperparameter_dtype)
     # The first side stands in for the reference, with the reference's bound.
     state = {k: v for k, v in a.state.items() if k in b.state}
-    as_ref = Reference(mode.expect, Trajectories(a.params, state), ref.bound)
-    result = compare(Trajectories(b.params, {k: b.state[k] for k in state}), as_ref, case.dtype)
+    as_ref = Reference(mode.expect, Trajectory(a.params, state), ref.bound)
+    result = compare(Trajectory(b.params, {k: b.state[k] for k in state}), as_ref, case.dtype)
     identical = _identical(a.params, b.params) and all(_identical(a.state[k], b.state[k]) for k in state)
-    left, right = _name(first, cell), _name(second, cell)
     if result.ok:
         text = f"{left} and {right} agree " + ("bit for bit" if identical else f"within the tolerance (margin {result.margin:.2g})")
         outcome = CONFORMS
@@ -155,27 +109,22 @@ def execute_cross(spec: Spec, cell: Any, case: Case, host: Any, *, timeout: floa
     if outcome == DIVERGES and issue is not None:
         outcome, text = KNOWN, f"known issue: {issue.reason} ({text})"
     verdict = Verdict(outcome, mode.expect, None, result, None, (), False, text, known_issue=issue.reason if issue and outcome == KNOWN else None)
-    record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0, observed=b, first_side=a)
-    record.kind = "cross"
-    record.source = "bit-identical" if identical else None
-    record.identical = identical
-    return record
+    return Record(cell=cell, outcome=outcome, reason=text, kind=CROSS, verdict=verdict, case=case,
+                  seconds=time.perf_counter() - t0, observed=b, first_side=a, identical=identical)
 
 
-def _sparse_dense(spec: Spec, cell: Any, mode: ModeConfig, case: Case, sparse: Trajectories, dense: Trajectories, tol: Any, t0: float) -> Any:
+def _sparse_dense(spec: Spec, cell: Cell, mode: ModeConfig, case: Case, sparse: Trajectory, dense: Trajectory, tol: Any, t0: float) -> Record:
     """The sparse side against the dense side: the same where the spec declares
     the sparse path dense-equivalent (or where this case cannot tell), and
     different where the declared sparse behaviour differs for this case."""
-    from .runner import Record
-
     expect_sparse = mode.sparse_expect(spec.resolve(case.hyperparameters))
     expect_dense = tuple(v for v in mode.expect if v != "lazy")
     # The dense rule on the sparse case: the kernel's noise model then knows
     # the repeated rows, whose slices either side may add in its own order.
     ref_dense = shared_reference(spec, case, expect_dense, tol, mode.hyperparameter_dtype)
     state = {k: v for k, v in dense.state.items() if k in sparse.state}
-    as_ref = Reference(expect_dense, Trajectories(dense.params, state), ref_dense.bound)
-    result = compare(Trajectories(sparse.params, {k: sparse.state[k] for k in state}), as_ref, case.dtype)
+    as_ref = Reference(expect_dense, Trajectory(dense.params, state), ref_dense.bound)
+    result = compare(Trajectory(sparse.params, {k: sparse.state[k] for k in state}), as_ref, case.dtype)
     identical = _identical(sparse.params, dense.params) and all(_identical(sparse.state[k], dense.state[k]) for k in state)
     declared = [v for v in expect_sparse if v not in expect_dense] or ["dense-equivalent"]
     # How far the declared sparse rule is from the dense one on this case, in
@@ -188,7 +137,7 @@ def _sparse_dense(spec: Spec, cell: Any, mode: ModeConfig, case: Case, sparse: T
         ref_sparse = shared_reference(spec, case, expect_sparse, tol, mode.hyperparameter_dtype)
         # (judged on what the framework shows: a state slot it does not keep,
         # e.g. a momentum buffer at momentum 0, cannot make the two differ)
-        shown = Trajectories(ref_sparse.values.params, {k: v for k, v in ref_sparse.values.state.items() if k in state})
+        shown = Trajectory(ref_sparse.values.params, {k: v for k, v in ref_sparse.values.state.items() if k in state})
         gap = compare(shown, ref_dense, case.dtype).margin
     should_differ = gap > EDGE
     at_edge = 1.0 / EDGE <= gap <= EDGE
@@ -218,22 +167,12 @@ def _sparse_dense(spec: Spec, cell: Any, mode: ModeConfig, case: Case, sparse: T
             else f"where the declared {'+'.join(declared)} gives the dense result for this case"
         )
     verdict = Verdict(outcome, expect_sparse, None, result, None, (), False, text)
-    record = Record(cell, outcome, text, verdict=verdict, case=case, seconds=time.perf_counter() - t0, observed=sparse, first_side=dense)
-    record.kind = "cross"
-    record.identical = identical
-    # (read by the summary's sparse table)
-    record.source = "bit-identical" if identical else ("differs" if not result.ok else None)
-    return record
+    return Record(cell=cell, outcome=outcome, reason=text, kind=CROSS, verdict=verdict, case=case,
+                  seconds=time.perf_counter() - t0, observed=sparse, first_side=dense,
+                  identical=identical, sides_differ=not result.ok)  # (read by the summary's sparse table)
 
 
 def _identical(x: np.ndarray, y: np.ndarray) -> bool:
     x, y = np.asarray(x), np.asarray(y)
     return x.shape == y.shape and bool(np.all((x == y) | (np.isnan(x) & np.isnan(y))))
 
-
-def _name(side: Any, cell: Any) -> str:
-    if is_env_cross(cell):
-        from .runner import PINNED
-
-        return side.env or PINNED
-    return side.mode if SEP in cell.mode else side.device

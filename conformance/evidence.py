@@ -20,10 +20,15 @@ from typing import Any
 import numpy as np
 
 from .case import Case
-from .compare import Reference, Trajectories, _num, element_errors, tolerance_for
+from .cells import Cell
+from .compare import _num, compare, element_errors
+from .tolerance import Reference, tolerance_for
 from .dtypes import ulp
+from .judging import stored_inputs
+from .precision import exact_variants
+from .records import trajectories_from_json
 from .spec import Spec
-from .tolerance import shared_reference
+from .tolerance import Trajectory, shared_reference
 
 
 @dataclass(frozen=True)
@@ -39,22 +44,18 @@ def references(spec: Spec, record: dict[str, Any], case: Case) -> References:
     spec declares a variant, the canonical one; for a cross cell, its first
     side with the declared reference's bound."""
     expected = tuple(record.get("expected") or ())
-    mode_name = record["mode"].split("~")[0]
-    mode = spec.mode(record["framework"], mode_name)
+    cell = Cell.from_json(record)
+    mode = spec.mode(cell.framework, cell.mode)  # (a cross cell's first side)
     tol = tolerance_for(spec, case.dtype)
     hp_dtype = mode.hyperparameter_dtype
-    from .runner import stored_inputs
-
     user = case
     case = stored_inputs(spec, mode, case)  # the record keeps the user's hyperparameters; the verdict used the stored ones
     exp_ref = shared_reference(spec, case, expected, tol, hp_dtype)
     first = record.get("first_side")
     if first is not None:
-        from .runner import trajectories_from_json
-
         a = trajectories_from_json(first)
-        name = _first_side_name(record)
-        side = Reference(expected, Trajectories(a.params, {k: v for k, v in a.state.items() if k in exp_ref.bound.state}), exp_ref.bound)
+        name = _first_side_name(cell)
+        side = Reference(expected, Trajectory(a.params, {k: v for k, v in a.state.items() if k in exp_ref.bound.state}), exp_ref.bound)
         return References({name: side}, name)
     name = "declared " + "+".join(expected) if expected else "canonical"
     named = {name: exp_ref}
@@ -63,23 +64,19 @@ def references(spec: Spec, record: dict[str, Any], case: Case) -> References:
     precision = record.get("precision") or {}
     if precision.get("outcome") not in (None, "exact"):
         # the precision axis: the exact rule on the user's hyperparameters, with the own-dtype bound
-        from .precision import exact_variants
-
         named["exact rule (precision axis)"] = shared_reference(spec, user, exact_variants(spec, expected), tol)
     return References(named, name)
 
 
-def _first_side_name(record: dict[str, Any]) -> str:
-    if "~" in str(record.get("gradients", "")):
+def _first_side_name(cell: Cell) -> str:
+    if cell.crosses("gradients"):
         return "dense gradients"  # the sparse~dense oracle judges the sparse side against the dense one
-    for key in ("mode", "device"):
-        value = str(record.get(key, ""))
-        if "~" in value:
-            return f"{value.split('~')[0]} ({key})"
+    if cell.crosses("mode") or cell.crosses("device"):
+        return f"{cell.side_names()[0]} ({cell.cross.axis})"
     return "first side"
 
 
-def per_step(observed: Trajectories, ref: Reference, dtype: str) -> dict[str, Any]:
+def per_step(observed: Trajectory, ref: Reference, dtype: str) -> dict[str, Any]:
     """Per step, the element whose error is largest against its bound (over
     the parameter and every state slot both have): its error and bound,
     absolute and in ulps of the dtype at the reference value, and where."""
@@ -124,7 +121,7 @@ def per_step(observed: Trajectories, ref: Reference, dtype: str) -> dict[str, An
     return out
 
 
-def focus(record: dict[str, Any], observed: Trajectories, refs: References, dtype: str) -> tuple[str, tuple[int, ...]]:
+def focus(record: dict[str, Any], observed: Trajectory, refs: References, dtype: str) -> tuple[str, tuple[int, ...]]:
     """The element whose trajectory the report draws: where the verdict first
     failed; else where the canonical rule first fails (what a known
     divergence looks like); else the largest error against its bound."""
@@ -133,8 +130,6 @@ def focus(record: dict[str, Any], observed: Trajectories, refs: References, dtyp
         if c.get("slot") and c.get("element") is not None and not c.get("ok", True):
             return c["slot"], tuple(c["element"])
     if "canonical" in refs.named and refs.declared != "canonical":
-        from .compare import compare
-
         c = compare(observed, refs.named["canonical"], dtype)
         if not c.ok and c.slot is not None:
             return c.slot, tuple(c.element or ())
@@ -147,11 +142,11 @@ def focus(record: dict[str, Any], observed: Trajectories, refs: References, dtyp
     return "p", tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
 
 
-def trajectory(case: Case, observed: Trajectories, refs: References, slot: str, element: tuple[int, ...]) -> dict[str, Any]:
+def trajectory(case: Case, observed: Trajectory, refs: References, slot: str, element: tuple[int, ...]) -> dict[str, Any]:
     """One element's values after every step: framework, each reference, and
     the declared reference's bound; a parameter starts from its step-0 value."""
 
-    def series(t: Trajectories) -> list[Any]:
+    def series(t: Trajectory) -> list[Any]:
         values = t.params if slot == "p" else t.state.get(slot)
         if values is None:
             return []
@@ -171,8 +166,6 @@ def case_evidence(spec: Spec, record: dict[str, Any]) -> dict[str, Any] | None:
     for a record that kept its case and the framework's values; None otherwise."""
     if "case" not in record or "observed" not in record:
         return None
-    from .runner import trajectories_from_json
-
     case = Case.from_dict(record["case"])
     observed = trajectories_from_json(record["observed"])
     refs = references(spec, record, case)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import worker as wire
+from .protocol import AdapterRequest
 from .registry import entry, too_old
 
 DEFAULT_TIMEOUT = 120.0  # seconds per case
@@ -79,6 +80,7 @@ class AnswerMemo:
         self.hits = 0
 
     def answer(self, request: dict[str, Any], run: Any) -> Answer:
+        """`run()`'s answer to `request` (its wire form), or the remembered one."""
         key = request_key(request)
         hit = self._answers.get(key)
         if hit is not None:
@@ -114,8 +116,9 @@ class InProcessHost:
     def describe(self) -> Answer:
         return _checked(self.framework, self._call({"op": "describe"}))
 
-    def run(self, request: dict[str, Any], timeout: float | None = None) -> Answer:
-        return self.memo.answer(request, lambda: self._call({"op": "run", "request": request}))
+    def run(self, request: AdapterRequest, timeout: float | None = None) -> Answer:
+        message = request.wire()
+        return self.memo.answer(message, lambda: self._call({"op": "run", "request": message}))
 
     def defaults(self, request: dict[str, Any]) -> Answer:
         return self._call({"op": "defaults", "request": request})
@@ -249,8 +252,9 @@ class WorkerHost:
             self._description = _checked(self.framework, self._call({"op": "describe"}, START_TIMEOUT))
         return self._description
 
-    def run(self, request: dict[str, Any], timeout: float | None = None) -> Answer:
-        return self.memo.answer(request, lambda: self._call({"op": "run", "request": request}, timeout or DEFAULT_TIMEOUT))
+    def run(self, request: AdapterRequest, timeout: float | None = None) -> Answer:
+        message = request.wire()
+        return self.memo.answer(message, lambda: self._call({"op": "run", "request": message}, timeout or DEFAULT_TIMEOUT))
 
     def defaults(self, request: dict[str, Any]) -> Answer:
         return self._call({"op": "defaults", "request": request}, START_TIMEOUT)
@@ -350,7 +354,7 @@ class TargetHost:
             self._description = Answer("ok", result=result)
         return self._description
 
-    def run(self, request: dict[str, Any], timeout: float | None = None) -> Answer:
+    def run(self, request: AdapterRequest, timeout: float | None = None) -> Answer:
         return self.host.run(request, timeout)
 
     def defaults(self, request: dict[str, Any]) -> Answer:

@@ -38,19 +38,20 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .cells import CANDIDATE, Cell, Cross, Selection
+from .outcomes import CONFORMS, CRASH, DIVERGES, KNOWN, NOT_RUN, UNSUPPORTED, severity
 from .results import version_labels
 
 SCHEMA = 1
 GATE = "gate.json"
-#: Outcomes by how bad they are; a move to a higher rank fails the gate.
-RANK = {"conforms": 0, "known-divergence": 0, "unsupported": 1, "not run": 1, "diverges": 2, "crash": 3}
 
 
 def _outcome(cell: dict[str, Any]) -> str:
-    return "not run" if cell.get("skipped") else cell["outcome"]
+    return NOT_RUN if cell.get("skipped") else cell["outcome"]
 
 
 def _variants(cell: dict[str, Any]) -> list[str]:
@@ -70,11 +71,11 @@ def baseline(summary: dict[str, Any]) -> dict[str, Any]:
     for c in summary["cells"]:
         worst = c.get("worst_errors") or {}
         cells[c["id"]] = {
-            **{k: c.get(k) for k in ("rule", "framework", "mode", "device", "dtype", "gradients")},
+            **Cell.from_json(c).to_json(),
             "env": c.get("env") or "",
             "bit_identical": c.get("bit_identical", 0),
             # cases with a verdict (a cross cell's unsupported cases compare nothing)
-            "compared": sum(n for o, n in c["counts"].items() if o != "unsupported") if c.get("counts") else c.get("examples", 0),
+            "compared": sum(n for o, n in c["counts"].items() if o != UNSUPPORTED) if c.get("counts") else c.get("examples", 0),
             # (a candidate's cell has its own version: "mxnet@candidate"; a pinned~candidate pair has none)
             "version": c.get("version") or versions.get(c["framework"] + (f"@{c['env']}" if c.get("env") else "")),
             "outcome": _outcome(c),
@@ -116,27 +117,24 @@ def _num(x: Any) -> float | None:
         return None
 
 
-CANDIDATE_SUFFIX = "@candidate]"
-PAIR_SUFFIX = "@pinned~candidate]"
-
-
-_SELECTED = {"rules": "rule", "frameworks": "framework", "modes": "mode", "devices": "device", "dtypes": "dtype", "gradients": "gradients"}
-
-
 def _selected(cell: dict[str, Any], selections: list[dict[str, Any]]) -> bool:
     """Whether some selection of the run keeps this (baseline) cell; a cross
-    cell is kept when both of its sides are (as `conformance run` does)."""
+    cell is kept when both of its sides are, or the selection names it (as
+    `conformance run` does)."""
     if not selections:
         return True
+    c = Cell.from_json(cell)
+    plain = replace(c, env="", cross=None if c.crosses("env") else c.cross)  # (environments are not selected)
+    for sel in selections:
+        selection = Selection(**{k: tuple(v) if v else None for k, v in sel.items() if k in Selection.__dataclass_fields__})
+        if selection.keeps(plain) or (plain.is_cross and all(selection.keeps(side) for side in plain.sides())):
+            return True
+    return False
 
-    def keeps(sel: dict[str, Any]) -> bool:
-        for key, field in _SELECTED.items():
-            chosen, value = sel.get(key), cell.get(field)
-            if chosen and value is not None and value not in chosen and not all(v in chosen for v in str(value).split("~")):
-                return False
-        return True
 
-    return any(keeps(sel) for sel in selections)
+def _pair_id(cell: dict[str, Any]) -> str:
+    """The id of the pinned~candidate cell that compares this pinned cell's two environments."""
+    return replace(Cell.from_json(cell), cross=Cross("env", CANDIDATE)).id
 
 
 def _keep(record: dict[str, Any], frameworks: Any) -> dict[str, Any]:
@@ -156,13 +154,14 @@ def side_by_side(run: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], d
     """A side-by-side run's record split into (its pinned cells, its candidate's
     cells under the pinned ids, the pinned~candidate comparisons); None for a
     run without a candidate."""
-    candidate = {cid: c for cid, c in run["cells"].items() if cid.endswith(CANDIDATE_SUFFIX)}
+    cells = {cid: Cell.from_json(c) for cid, c in run["cells"].items()}
+    candidate = {cid: c for cid, c in run["cells"].items() if cells[cid].env == CANDIDATE}
     if not candidate:
         return None
     fws = {c["framework"] for c in candidate.values()}
-    pinned = {cid: c for cid, c in run["cells"].items() if not c.get("env") and c["framework"] in fws}
-    pairs = {cid: c for cid, c in run["cells"].items() if cid.endswith(PAIR_SUFFIX)}
-    renamed = {cid[: -len(CANDIDATE_SUFFIX)] + "]": c for cid, c in candidate.items()}
+    pinned = {cid: c for cid, c in run["cells"].items() if not cells[cid].env and not cells[cid].crosses("env") and c["framework"] in fws}
+    pairs = {cid: c for cid, c in run["cells"].items() if cells[cid].crosses("env")}
+    renamed = {replace(cells[cid], env="").id: c for cid, c in candidate.items()}
 
     def defaults(candidate_side: bool) -> dict[str, Any]:
         out = {}
@@ -204,15 +203,15 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
     pairs = {k: c for k, c in pairs.items() if not frameworks or c["framework"] in set(frameworks)}
     for cid, c in sorted(pairs.items()):
         same = f"{c.get('bit_identical', 0)} of {c.get('compared', 0)} case(s) bit-identical"
-        if c["outcome"] in ("diverges", "crash"):
+        if c["outcome"] in (DIVERGES, CRASH):
             add("changed", cid, "pinned", "candidate",
                 f"the candidate computes other values than the pinned version on identical cases, beyond the tolerance ({same})", True)
     compared = [c for c in pairs.values() if c.get("compared")]
     side = {
         "cells": len(compared),
         "bit_identical": sum(1 for c in compared if c.get("bit_identical", 0) == c["compared"]),
-        "within_tolerance": sum(1 for c in compared if c["outcome"] in ("conforms", "known-divergence") and c.get("bit_identical", 0) != c["compared"]),
-        "changed": sum(1 for c in compared if c["outcome"] in ("diverges", "crash")),
+        "within_tolerance": sum(1 for c in compared if c["outcome"] in (CONFORMS, KNOWN) and c.get("bit_identical", 0) != c["compared"]),
+        "changed": sum(1 for c in compared if c["outcome"] in (DIVERGES, CRASH)),
         "cases": sum(c["compared"] for c in compared),
         "bit_identical_cases": sum(c.get("bit_identical", 0) for c in compared),
     } if pairs else None
@@ -231,21 +230,21 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
         if r is None:
             add("disappeared", cid, b["outcome"], None, "the cell is not in the run (renamed mode, dropped option, or not selected)", True)
             continue
-        rb, rr = RANK.get(b["outcome"], 9), RANK.get(r["outcome"], 9)
+        rb, rr = severity(b["outcome"]), severity(r["outcome"])
         if rr > rb:
-            why = "a new crash" if r["outcome"] == "crash" else f"the outcome got worse ({b['outcome']} -> {r['outcome']})"
+            why = "a new crash" if r["outcome"] == CRASH else f"the outcome got worse ({b['outcome']} -> {r['outcome']})"
             add("worse", cid, b["outcome"], r["outcome"], why, True)
         elif rr < rb:
             add("better", cid, b["outcome"], r["outcome"], f"the outcome improved ({b['outcome']} -> {r['outcome']})", False)
         # A side that crashed or did not run produced no values: its variants
         # and precision are not compared, only its outcome (above).
-        produced = not {b["outcome"], r["outcome"]} & {"not run", "crash", "unsupported"} and not draws_differ
+        produced = not {b["outcome"], r["outcome"]} & {NOT_RUN, CRASH, UNSUPPORTED} and not draws_differ
         # On identical cases, a pinned~candidate pair within the tolerance says
         # that both versions computed the same values: a flipped variant or
         # precision label is then the classification of a case that barely tells
         # the variants apart (float16), not a change, and is noted only.
-        pair = pairs.get(cid[:-1] + PAIR_SUFFIX) if own_pinned else None
-        same_values = pair is not None and pair.get("compared") and pair["outcome"] in ("conforms", "known-divergence")
+        pair = pairs.get(_pair_id(b)) if own_pinned else None
+        same_values = pair is not None and pair.get("compared") and pair["outcome"] in (CONFORMS, KNOWN)
         also = "; the two versions computed the same values within the tolerance on identical cases (pinned~candidate), so not failed" if same_values else ""
         # (conforms <-> known-divergence changes the matched variants too)
         if b["variants"] != r["variants"] and rr <= rb and produced:
@@ -268,7 +267,7 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
                 add("precision", cid, ", ".join(b["precision"]), ", ".join(r["precision"]) or "exact",
                     f"the precision improved ({', '.join(gone)} no longer found)", False)
         wb, wr = _num(b.get("worst_ulp")), _num(r.get("worst_ulp"))
-        if "~" in (b.get("gradients") or "") or draws_differ:
+        if Cell.from_json(b).crosses("gradients") or draws_differ:
             wb = None  # the sparse~dense oracle's error is the declared sparse difference, not rounding (other cases: nothing to compare)
         if wb is not None and wr is not None and abs(wr - wb) > 1 and (max(wr, wb) > 2 * max(min(wr, wb), 1e-300)):
             add("numerics", cid, f"{wb:.3g} ulp", f"{wr:.3g} ulp", "the worst error moved (a different rounding path, within the tolerance)", False)

@@ -58,23 +58,18 @@ import ml_dtypes
 import numpy as np
 
 from .case import Case
-from .compare import Reference, Tolerance, Trajectories, _num, compare, element_errors, reference, tolerance_for
+from .compare import _num, compare, element_errors
+from .tolerance import Reference, Rounding, Tolerance, Trajectory, reference, tolerance_for
 from .dtypes import PRECISION, numpy_dtype, round_through, round_to, ulp
 from .kernel import run as kernel_run, run_case
+from .outcomes import EXACT, FINDINGS, NONFINITE, PRECISION_LOSS, STALLED, PrecisionOutcome
 from .spec import ModeConfig, Spec
 
-EXACT = "exact"
-PRECISION_LOSS = "precision-loss"
-NONFINITE = "nonfinite"
-STALLED = "stalled"
-#: Precision outcomes from worst to best; a cell shows the worst of its cases.
-PRECISION_OUTCOMES = (NONFINITE, STALLED, PRECISION_LOSS, EXACT)
-FINDINGS = frozenset({NONFINITE, STALLED, PRECISION_LOSS})
 
 
 @dataclass(frozen=True)
 class PrecisionVerdict:
-    outcome: str
+    outcome: PrecisionOutcome
     declared: bool = True  # explained by the declared precision model or the dtype's own arithmetic
     cause: str = ""
     elements: int = 0  # elements (over steps and slots) with the finding
@@ -102,7 +97,7 @@ class PrecisionVerdict:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "outcome": self.outcome,
+            "outcome": str(self.outcome),
             "declared": self.declared,
             "cause": self.cause,
             "elements": self.elements,
@@ -230,7 +225,7 @@ def judge(
     case: Case,
     held: Case,
     expected: Sequence[str],
-    observed: Trajectories,
+    observed: Trajectory,
     *,
     semantics_ok: bool,
     known_issue: Any = None,
@@ -361,7 +356,7 @@ def explain(
     case: Case,
     held: Case,
     expected: Sequence[str],
-    observed: Trajectories,
+    observed: Trajectory,
     verdict: PrecisionVerdict,
     known_issue: Any,
     ref: Reference,
@@ -418,7 +413,7 @@ def _needed(spec, mode, case, held, expected, observed, declared, ref, ref_of) -
                     schedule = tuple(_stored(x, stages, case.dtype) for x in schedule)
         variants = exact_variants(spec, expected) + tuple(p.name for p in rest if p.kind == "variant")
         values = run_case(spec, replace(case, hyperparameters=given, lr_schedule=schedule), variants, compute_dtype="longdouble")
-        values = Trajectories(values.params.astype(np.float64), {k: v.astype(np.float64) for k, v in values.state.items()})
+        values = Trajectory(values.params.astype(np.float64), {k: v.astype(np.float64) for k, v in values.state.items()})
         bound = declared_bound if any(p.kind == "hyperparameter_dtype" for p in rest) else ref.bound
         if not compare(observed, Reference(variants, values, bound), case.dtype).ok:
             needed.append(piece)
@@ -429,8 +424,6 @@ def first_nonfinite(spec: Spec, mode: ModeConfig, held: Case, expected: Sequence
     """Where the declared model, rounded to nearest in the case dtype, first
     turns non-finite: the equation, step and element, and whether that
     element's gradient was 0 until then."""
-    from .compare import Rounding
-
     found: list[tuple[int, str, tuple[int, ...]]] = []
 
     def watch(step: int, target: str, value: np.ndarray) -> None:
@@ -464,7 +457,7 @@ def first_nonfinite(spec: Spec, mode: ModeConfig, held: Case, expected: Sequence
 
 
 def undeclared_model(
-    spec: Spec, case: Case, expected: Sequence[str], observed: Trajectories, tol: Tolerance | None = None
+    spec: Spec, case: Case, expected: Sequence[str], observed: Trajectory, tol: Tolerance | None = None
 ) -> str | None:
     """For a case that diverges: a precision model the spec does not declare that
     explains the observed values (every hyperparameter held as float32, or in

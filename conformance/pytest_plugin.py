@@ -26,9 +26,12 @@ from typing import Any
 import pytest
 
 from .catalog import builtin_spec_dir, load_catalog
+from .cells import Cell
+from .registry import availability
+from .report import write_report
 from .results import write_summary
-from .runner import Cell
 from .session import Options, Session, add_options, remember_seed
+from .strategies import settle_local_constants
 from .terminal import cell_link
 
 _KEY = pytest.StashKey["_State"]() if hasattr(pytest, "StashKey") else None
@@ -64,9 +67,6 @@ class _State:
             self._session = Session(self.catalog, self.options, self.out, writer_name=self.worker_id)
             if self.options.isolation == "inprocess":
                 # adapters load in this process: all of them before any cell draws a case
-                from .registry import availability
-                from .strategies import settle_local_constants
-
                 settle_local_constants(tuple(fw for fw in self.options.selection.frameworks or () if availability(fw).reason is None))
         return self._session
 
@@ -210,7 +210,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             state._session.write_environment(sorted({c.framework for c in state._session.cells()}))
         state._session.close()
     if state.out and getattr(session.config, "workerinput", None) is None:
-        from .report import write_report
-
         summary = write_summary(state.out)
         write_report(state.out, summary, state.catalog)

@@ -39,9 +39,13 @@ from typing import Any
 import jinja2
 
 from . import __version__
-from .compare import OUTCOMES
+from .catalog import load_catalog
+from .cells import GRADIENTS, Cell
 from .dtypes import DTYPES
+from .evidence import case_evidence
+from .outcomes import NOT_RUN, OUTCOMES
 from .registry import FRAMEWORKS
+from .reproducer import script
 from .results import answer
 
 _ENV = jinja2.Environment(
@@ -50,10 +54,8 @@ _ENV = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
 )
 
-NOT_RUN = "not run"
 #: the matrix's outcomes, worst first, and a symbol for each (colour is not the only cue)
 SYMBOLS = {"crash": "\u203c", "diverges": "\u2717", "known-divergence": "\u2248", "conforms": "\u2713", "unsupported": "\u2013", NOT_RUN: "\u00b7"}
-GRADIENTS = ("dense", "sparse", "sparse~dense")
 
 
 @lru_cache(maxsize=1)
@@ -70,23 +72,24 @@ def _version(cell: dict[str, Any]) -> str:
 def _order(cell: dict[str, Any]) -> tuple:
     fw = list(FRAMEWORKS).index(cell["framework"]) if cell["framework"] in FRAMEWORKS else len(FRAMEWORKS)
     dtypes = list(DTYPES)[::-1]  # float64 first
-    env = cell.get("env") or ""
+    c = Cell.from_json(cell)
     return (
         fw,
         cell["framework"],
-        ("~" in env, env),  # pinned, candidate, then the two compared
+        (c.crosses("env"), c.env),  # pinned, candidate, then the two compared
         cell.get("version") or "",
-        "~" in cell["mode"],
-        cell["mode"],
-        "~" in cell["device"],
-        cell["device"],
-        GRADIENTS.index(cell.get("gradients", "dense")) if cell.get("gradients", "dense") in GRADIENTS else 9,
+        c.crosses("mode"),
+        c.label("mode"),
+        c.crosses("device"),
+        c.label("device"),
+        GRADIENTS.index(c.label("gradients")),
         dtypes.index(cell["dtype"]) if cell["dtype"] in dtypes else 9,
     )
 
 
 def _column(cell: dict[str, Any]) -> tuple:
-    return (cell["framework"], _version(cell), cell["mode"], cell["device"], cell.get("gradients", "dense"), cell["dtype"])
+    c = Cell.from_json(cell)
+    return (cell["framework"], _version(cell), c.label("mode"), c.label("device"), c.label("gradients"), cell["dtype"])
 
 
 def _short_dtype(dtype: str) -> str:
@@ -116,7 +119,7 @@ def matrix(summary: dict[str, Any]) -> dict[str, Any]:
     cols = [
         {
             "framework": fw, "version": version, "mode": mode, "device": device, "gradients": grad, "dtype": dtype,
-            "label": _short_dtype(dtype) + ({"sparse": " sp", "sparse~dense": " sp~d"}.get(grad, "")),
+            "label": _short_dtype(dtype) + {GRADIENTS[1]: " sp", GRADIENTS[2]: " sp~d"}.get(grad, ""),
             "framework_label": fw + (f" @ {version}" if version else ""),
         }
         for fw, version, mode, device, grad, dtype in columns
@@ -148,7 +151,8 @@ def _mode_doc(spec: Any, cell: dict[str, Any]) -> dict[str, Any]:
     if spec is None:
         return {}
     out: dict[str, Any] = {}
-    for mode_name in cell["mode"].split("~"):
+    c = Cell.from_json(cell)
+    for mode_name in dict.fromkeys(side.mode for side in (c.sides() if c.is_cross else (c,))):
         try:
             mode = spec.mode(cell["framework"], mode_name)
         except (KeyError, ValueError):
@@ -167,7 +171,7 @@ def _mode_doc(spec: Any, cell: dict[str, Any]) -> dict[str, Any]:
             "sparse": {
                 "semantics": mode.sparse.semantics, "note": " ".join((mode.sparse.note or "").split()),
                 "cite": " ".join((mode.sparse.cite or "").split()),
-            } if cell.get("gradients", "dense") != "dense" else None,
+            } if c.sparse else None,
         })
     return out
 
@@ -175,9 +179,6 @@ def _mode_doc(spec: Any, cell: dict[str, Any]) -> dict[str, Any]:
 def _case_view(spec: Any, cell: dict[str, Any], record: dict[str, Any] | None, label: str) -> dict[str, Any] | None:
     if not record:
         return None
-    from .evidence import case_evidence
-    from .reproducer import script
-
     view: dict[str, Any] = {
         "label": label,
         "outcome": record.get("outcome"),
@@ -199,11 +200,14 @@ def _case_view(spec: Any, cell: dict[str, Any], record: dict[str, Any] | None, l
         "detail": record.get("detail"),
     }
     if "case" in record:
+        # replayed as the cross cell (both sides); the pinned and the candidate
+        # environment replay as one side, each under its interpreter
+        c = Cell.from_json(cell)
         case = dict(record["case"])
-        if "~" in cell["mode"] or "~" in cell["device"]:
-            case.update(mode=cell["mode"], device=cell["device"])  # replayed as the cross cell: both sides
-        if "~" in cell.get("gradients", "dense"):
-            case["gradients"] = cell["gradients"]
+        if c.is_cross and not c.crosses("env"):
+            case.update(mode=c.mode, device=c.device, cross=c.cross.to_json())
+            if c.crosses("gradients"):
+                case["gradients"] = c.gradients
         view["case"] = case
         view["replay"] = "conformance replay case.json --json"
     if spec is not None:
@@ -232,6 +236,8 @@ def cell_detail(cell: dict[str, Any], catalog: Any) -> dict[str, Any]:
             "matched_variants", "fingerprints", "known_issues", "stale", "unsupported_reasons", "crash_reasons", "skipped",
             "worst_errors", "precision", "precision_counts", "precision_causes", "precision_undeclared", "precision_worst", "precision_unjudged")
     out = {k: cell.get(k) for k in keep}
+    c = Cell.from_json(cell)
+    out.update(mode=c.label("mode"), device=c.label("device"), gradients=c.label("gradients"), cross=cell.get("cross"))  # (as the id shows them)
     out["outcome"] = display_outcome(cell)
     out["variants"] = [_variant_doc(spec, v) for name in (cell.get("matched_variants") or {}) for v in name.split("+") if v != "canonical"]
     out["declaration"] = _mode_doc(spec, cell)
@@ -299,8 +305,6 @@ def _environment_view(env: dict[str, Any]) -> dict[str, Any]:
 
 def render(summary: dict[str, Any], catalog: Any = None) -> str:
     if catalog is None:
-        from .catalog import load_catalog
-
         catalog = load_catalog()
     m = matrix(summary)
     details, shared = interned([cell_detail(c, catalog) for c in summary["cells"]])
@@ -323,9 +327,9 @@ def render(summary: dict[str, Any], catalog: Any = None) -> str:
         json=json,
         filters={
             "framework": sorted({c["framework"] for c in summary["cells"]}, key=lambda f: list(FRAMEWORKS).index(f) if f in FRAMEWORKS else 9),
-            "device": sorted({c["device"] for c in summary["cells"]}),
+            "device": sorted({Cell.from_json(c).label("device") for c in summary["cells"]}),
             "dtype": [d for d in list(DTYPES)[::-1] if any(c["dtype"] == d for c in summary["cells"])],
-            "gradients": [g for g in GRADIENTS if any(c.get("gradients", "dense") == g for c in summary["cells"])],
+            "gradients": [g for g in GRADIENTS if any(Cell.from_json(c).label("gradients") == g for c in summary["cells"])],
         },
     )
 

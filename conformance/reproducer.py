@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from .case import Case
+from .cells import Cell
 from .dtypes import PRECISION
 from .evidence import references
+from .judging import build_request, stored_inputs
 from .registry import entry
 from .spec import Spec
 
@@ -66,33 +68,23 @@ def script(spec: Spec, record: dict[str, Any], *, version: str = "") -> str | No
     framework has no script module. (A crash's script shows the error.)"""
     if "case" not in record:
         return None
-    from .cross import SEP
-    from .runner import build_request, stored_inputs
-
     runs_on = next((cfg.runs_on for (fw, _), cfg in spec.modes.items() if fw == record["framework"]), record["framework"])
     module = script_module(runs_on)
     if module is None:
         return None
     case = Case.from_dict(record["case"])
     # the case as the cell ran it (a cross cell's case carries its first side)
+    cell = Cell.from_json(record)
+    # (the pinned and the candidate environment run the same script: one side)
+    crossed = cell.cross is not None and cell.cross.axis != "env"
     sides: list[tuple[str, Any]] = []
-    cross_key = next((k for k in ("mode", "device", "gradients") if SEP in str(record.get(k, ""))), None)
-    if cross_key is None:
-        sides.append(("run", replace(case, mode=record["mode"], device=record["device"])))
-    else:
-        for i, value in enumerate(str(record[cross_key]).split(SEP)):
-            side = case
-            if cross_key == "mode":
-                side = replace(side, mode=value, device=record["device"])
-            elif cross_key == "device":
-                side = replace(side, mode=record["mode"], device=value)
-            else:
-                side = replace(side, mode=record["mode"], device=record["device"])
-                if value == "dense":
-                    side = replace(side, sparse_rows=None, sparse_values=None)
-            sides.append((f"run_{'ab'[i]}", side))
+    for i, side_cell in enumerate(cell.sides() if crossed else (cell,)):
+        side = replace(case, mode=side_cell.mode, device=side_cell.device)
+        if side_cell.gradients == "dense" and crossed:
+            side = replace(side, sparse_rows=None, sparse_values=None)
+        sides.append((f"run_{'ab'[i]}" if crossed else "run", side))
     # (the framework gets the hyperparameters as the run gave them: as it stores them)
-    requests = [(name, build_request(spec, m, stored_inputs(spec, m, c))) for name, c in sides for m in [spec.mode(record["framework"], c.mode)]]
+    requests = [(name, build_request(spec, m, stored_inputs(spec, m, c)).wire()) for name, c in sides for m in [spec.mode(cell.framework, c.mode)]]
     refs = references(spec, dict(record, first_side=None), case)  # (a cross cell: the references, not its first side)
     header = _docstring(spec, record, requests, refs, version)
     body = [header, "import numpy as np"]
@@ -122,17 +114,17 @@ def script(spec: Spec, record: dict[str, Any], *, version: str = "") -> str | No
         body += ["", "", module.run_source(request, name=name).rstrip()]
     bits, emin = PRECISION[case.dtype]
     body += ["", "", _FOOTER.format(bits=bits, emin=emin).rstrip()]
-    if cross_key is None:
+    if not crossed:
         body.append("compare(run(params, grads, lrs, rows, values), expected)")
     else:
-        a, b = (str(record[cross_key]).split(SEP))
+        a, b = cell.side_names()
         body.append("got_a = run_a(params, grads, lrs, rows, values)")
         body.append("got_b = run_b(params, grads, lrs, rows, values)")
         body.append(f"print({'== ' + a!r}); compare(got_a, expected)")
         body.append(f"print({'== ' + b!r}); compare(got_b, expected)")
         first = next(iter(refs.named))
         body.append(f"print({f'== {b} against {a}, with the bound of {first}'!r})")
-        if cross_key == "gradients":  # the declared sparse behaviour may be to differ (lazy, per-slice squares)
+        if cell.crosses("gradients"):  # the declared sparse behaviour may be to differ (lazy, per-slice squares)
             body.append(f"print({'   (the run: ' + str(record.get('outcome')) + ': ' + str(record.get('reason', '')) + ')'!r})")
         body.append(f"compare(got_b, {{{a!r}: (got_a, expected[{first!r}][1])}})")
     return "\n".join(body) + "\n"

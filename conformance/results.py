@@ -19,8 +19,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from .compare import FAILING, KNOWN, OUTCOMES, UNSUPPORTED
-from .precision import EXACT, FINDINGS, PRECISION_OUTCOMES
+from .cells import Cell
+from .outcomes import CONFORMS, CRASH, EXACT, FAILING, FINDINGS, KNOWN, OUTCOMES, PRECISION_OUTCOMES, UNSUPPORTED
 from .registry import FRAMEWORKS
 
 SUMMARY = "summary.json"
@@ -216,16 +216,18 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
     counts: dict[str, Counter] = defaultdict(Counter)
     for r in records:
         cid = r["cell"]
-        c = cells.setdefault(
-            cid,
-            {
+        c = cells.get(cid)
+        if c is None:
+            cell = Cell.from_json(r)
+            c = cells[cid] = {
                 "id": cid,
-                **{k: r[k] for k in ("rule", "framework", "mode", "device", "dtype")},
-                "gradients": r.get("gradients", "dense"),
+                **cell.to_json(),
+                "gradients": cell.gradients,
+                "env": cell.env,  # side by side: "" (pinned) or "candidate"; `cross` for the two compared
+                "cross": cell.cross.to_json() if cell.cross is not None else None,
                 "version": r.get("version"),
-                # side by side: "" (pinned), "candidate", "pinned~candidate"; labelled with the versions
-                "env": r.get("env") or "",
-                "env_label": env_labels.get((r["framework"], r.get("env") or "")),
+                # labelled with the versions of each environment
+                "env_label": cell.label("env") if cell.crosses("env") else env_labels.get((cell.framework, cell.env)),
                 "bit_identical": 0,
                 "outcome": None,
                 "counts": {},
@@ -249,8 +251,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
                 "showcase": None,
                 "minimal": None,
                 "skipped": None,
-            },
-        )
+            }
         if "cell_status" in r:
             c["skipped"] = r["reason"]
             continue
@@ -265,7 +266,7 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
         c["examples"] += 1
         if outcome == UNSUPPORTED:
             _bump(c["unsupported_reasons"], r.get("reason", ""))
-        if outcome == "crash":
+        if outcome == CRASH:
             _bump(c["crash_reasons"], r.get("reason", ""))
         if r.get("matched_variant"):
             _bump(c["matched_variants"], r["matched_variant"])
@@ -363,7 +364,7 @@ def precision_table(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the precision axis found, how often, its size and its causes."""
     rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for c in cells:
-        if not c.get("precision_counts") or c.get("env", "").find("~") >= 0:
+        if not c.get("precision_counts") or _crossed(c, ("env",)):
             continue
         fw = f"{c['framework']}@{c['env']}" if c.get("env") else c["framework"]
         key = (c["rule"], fw, c["mode"], c["dtype"])
@@ -397,7 +398,7 @@ def answer(summary: dict[str, Any]) -> dict[str, Any]:
 
     link: dict[tuple[str, str, str], str] = {}
     for c in sorted(summary["cells"], key=rank):
-        if "~" not in c["mode"] + c["device"] + c.get("gradients", "dense") + (c.get("env") or ""):
+        if not _crossed(c):
             link.setdefault((c["rule"], c["framework"], c["mode"]), c["id"])
     entries: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -464,7 +465,6 @@ def _env_labels(envs: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
         if env:
             out[(fw, env)] = f"{env} {label}"
             out[(fw, "")] = f"pinned {versions.get(fw, '?')}"
-            out[(fw, f"pinned~{env}")] = f"pinned~{env}"
     return out
 
 
@@ -475,7 +475,7 @@ def _by_environment(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in records:
         env = r.get("env") or ""
-        if "~" in env:
+        if _crossed(r, ("env",)):
             continue
         out.append(dict(r, framework=f"{r['framework']}@{env}") if env else r)
     return out
@@ -505,7 +505,7 @@ def _semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["distinguishing"] += 1
             for v in r.get("evidenced") or []:
                 _bump(row["evidence"], v)
-        elif r["outcome"] == "conforms":
+        elif r["outcome"] == CONFORMS:
             row["conforms"] += 1
         elif r["outcome"] in FAILING:
             _bump(row["diverges"], r.get("matched_variant") or "no known variant")
@@ -530,9 +530,10 @@ def _semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["rule"], r["framework"], r["mode"]))
 
 
-def _crossed(r: dict[str, Any], keys: tuple[str, ...] = ("mode", "device", "gradients")) -> bool:
-    """A cross cell's record (two sides in one of `keys`)."""
-    return any("~" in str(r.get(k, "")) for k in keys)
+def _crossed(r: dict[str, Any], axes: tuple[str, ...] = ("mode", "device", "gradients", "env")) -> bool:
+    """A cross cell's record or summary cell, comparing its sides on one of `axes`."""
+    cross = Cell.from_json(r).cross
+    return cross is not None and cross.axis in axes
 
 
 #: What a sparse cell's cases showed, in words (see `sparse_semantics`).
@@ -569,7 +570,7 @@ def sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     for r in records:
         gradients = r.get("gradients", "dense")
-        if gradients == "dense" or r.get("phase") in ("shrink", "minimal") or _crossed(r, ("mode", "device")):
+        if gradients == "dense" or r.get("phase") in ("shrink", "minimal") or _crossed(r, ("mode", "device", "env")):
             continue
         row = row_of(r)
         if "cell_status" in r:
@@ -578,13 +579,13 @@ def sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["outcome"] == UNSUPPORTED:
             _bump(row["unsupported"], r.get("reason", ""))
             continue
-        if gradients == "sparse~dense":
+        if _crossed(r, ("gradients",)):
             if r["outcome"] in FAILING:
                 row["oracle"]["diverges"] += 1
-            elif r.get("source") == "bit-identical":
+            elif r.get("bit_identical") or r.get("source") == "bit-identical":  # (`source`: results written before 0.x)
                 row["oracle"]["bit_identical"] += 1
                 row["oracle"]["same"] += 1
-            elif r.get("source") == "differs":
+            elif r.get("sides_differ") or r.get("source") == "differs":
                 row["oracle"]["differs"] += 1
             else:
                 row["oracle"]["same"] += 1
@@ -597,7 +598,7 @@ def sparse_semantics(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 row["declared"] = "/".join(sorted(row["declared"].split("/") + [declared]))  # e.g. lazy only at momentum 0
         if r.get("sparse_semantics"):
             _bump(row["cases"], r["sparse_semantics"])
-        elif r["outcome"] == "crash":
+        elif r["outcome"] == CRASH:
             _bump(row["cases"], "crash")
         elif r.get("known_issue"):
             _bump(row["cases"], "known issue")  # e.g. a declared framework error

@@ -19,21 +19,10 @@ from .defaults import measure as measure_defaults
 from .execution import DEFAULT_TIMEOUT, TargetHost, make_host
 from .registry import FRAMEWORKS, availability, worker_python
 from .results import ResultWriter, environment, write_cell_status, write_environment
+from .cells import CANDIDATE, GRADIENTS, Cell, Selection, enumerate_cells, parse_shard, shard
+from .driver import DEFAULT_PROFILE, PROFILES, Profile, run_cell
+from .records import CellResult
 from .strategies import DRAW_SCHEME
-from .cross import is_env_cross
-from .runner import (
-    CANDIDATE,
-    DEFAULT_PROFILE,
-    PROFILES,
-    Cell,
-    CellResult,
-    Profile,
-    Selection,
-    enumerate_cells,
-    parse_shard,
-    run_cell,
-    shard,
-)
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -193,8 +182,6 @@ class Options:
             profile = Profile(profile.name, profile.max_examples, get("max_steps") or profile.max_steps, get("max_size") or profile.max_size, profile.seed)
         pythons = discover_pythons(parse_pythons(get("python")))
         sel = Selection(*(None if get(k) is None else _csv(get(k)) for k in ("rules", "frameworks", "modes", "devices", "dtypes", "gradients")))
-        from .runner import GRADIENTS
-
         for kind in sel.gradients or ():
             if kind not in GRADIENTS:
                 raise ValueError(f"unknown gradient kind {kind!r} (known: {', '.join(GRADIENTS)})")
@@ -350,7 +337,7 @@ class Session:
         return env
 
     def run_cell(self, cell: Cell) -> CellResult:
-        envs = ("", CANDIDATE) if is_env_cross(cell) else (cell.env,)
+        envs = tuple(side.env for side in cell.sides()) if cell.crosses("env") else (cell.env,)
         missing = [(env, info) for env in envs for info in [self.describe(cell.framework, env)] if not info.get("available")]
         if missing:
             env, info = missing[0]

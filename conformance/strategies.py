@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 
 from .case import Case
 from .dtypes import round_to
+from .registry import FRAMEWORKS
 from .spec import ModeConfig, Spec
 
 
@@ -75,7 +76,6 @@ def settle_local_constants(adapters: tuple[str, ...] = ()) -> None:
     import pkgutil
 
     from . import __path__ as package_path
-    from .registry import FRAMEWORKS
 
     for info in pkgutil.iter_modules(package_path):
         if info.name not in ("__main__", "adapters"):

@@ -35,9 +35,6 @@ from .expr import SampleScalar
 from .kernel import Trajectory, run, run_case
 from .spec import Spec
 
-#: Parameters and canonical state slots after every step (float64 arrays (steps, *shape)).
-Trajectories = Trajectory
-
 
 class RoundingModel(Protocol):
     """What the kernel asks of a rounding model (`Rounding`, `SampledRounding`)."""
@@ -98,8 +95,8 @@ class Reference:
     """A kernel run of some variants and the per-element bound around it."""
 
     variants: tuple[str, ...]
-    values: Trajectories
-    bound: Trajectories
+    values: Trajectory
+    bound: Trajectory
     #: (steps, *shape): elements whose computation went below the dtype's
     #: normal range in a rounded run (not judged from then on; their bound is
     #: inf). An infinite bound elsewhere: a rounded run was not finite there.
@@ -518,7 +515,7 @@ def reference(
         taint = np.logical_or.accumulate(taint, axis=0)
         bound_p = np.where(taint, np.inf, bound_p)
         bound_s = {k: np.where(taint, np.inf, b) for k, b in bound_s.items()}
-    return Reference(variants, Trajectories(params, state), Trajectories(bound_p, bound_s), subnormal, moves,
+    return Reference(variants, Trajectory(params, state), Trajectory(bound_p, bound_s), subnormal, moves,
                      np.logical_or.accumulate(undetermined, axis=0))
 
 

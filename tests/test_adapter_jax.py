@@ -312,14 +312,14 @@ def test_unmapped_trace_is_the_canonical_buffer_when_momentum_is_on(catalog, rul
     With momentum > 0 and a per-step lr it is the canonical b (sgd) and -b (rmsprop)."""
     from conformance.case import Case
     from conformance.kernel import run_case
-    from conformance.runner import build_request
+    from conformance.judging import build_request
 
     spec = next(s for s in catalog if s.rule == rule)
     rng = np.random.default_rng(3)
     case = Case(rule=rule, framework="jax", mode="jit", device="cpu", dtype="float64", hyperparameters=hyperparameters,
                 params=rng.standard_normal(5), grads=rng.standard_normal((6, 5)),
                 lr_schedule=list(rng.uniform(0.001, 0.1, 6)))
-    request = build_request(spec, spec.mode("jax", "jit"), case)
+    request = build_request(spec, spec.mode("jax", "jit"), case).wire()
     request["state"] = list(request["state"]) + ["trace"]
     got = adapter.run(request)
     ref = run_case(spec, case, variants)

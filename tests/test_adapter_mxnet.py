@@ -249,7 +249,8 @@ def host():
     + [("sgd", "nag", "float64"), ("adam", "updater", "float64")],
 )
 def test_cells_pass_through_the_harness(catalog, host, rule, mode, dtype):
-    from conformance.runner import PROFILES, Cell, run_cell
+    from conformance.cells import Cell
+    from conformance.driver import PROFILES, run_cell
 
     spec = next(s for s in catalog if s.rule == rule)
     result = run_cell(spec, Cell(rule, "mxnet", mode, "cpu", dtype), host, profile=PROFILES["ci"], seed=1,

@@ -18,9 +18,10 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("keras")
 
 from conformance.adapters import tensorflow as tfa  # noqa: E402
-from conformance.compare import KNOWN  # noqa: E402
+from conformance.outcomes import KNOWN  # noqa: E402
 from conformance.execution import InProcessHost  # noqa: E402
-from conformance.runner import PROFILES, Cell, run_cell  # noqa: E402
+from conformance.cells import Cell  # noqa: E402
+from conformance.driver import PROFILES, run_cell  # noqa: E402
 
 
 def _request(**over):

@@ -22,9 +22,11 @@ import numpy as np
 import pytest
 
 from conformance.catalog import builtin_spec_dir
-from conformance.compare import CONFORMS, CRASH, DIVERGES, KNOWN, UNSUPPORTED
+from conformance.outcomes import CONFORMS, CRASH, DIVERGES, KNOWN, UNSUPPORTED
 from conformance.execution import InProcessHost, WorkerHost
-from conformance.runner import PROFILES, Cell, execute, run_cell
+from conformance.cells import Cell
+from conformance.driver import PROFILES, run_cell
+from conformance.judging import execute
 from conformance.spec import load_spec
 from conformance.case import Case
 
@@ -125,7 +127,7 @@ def test_real_worker_runs_torch_and_reports_versions(catalog):
         assert info.status == "ok" and info.result["versions"]["torch"] == torch.__version__
         assert info.result["devices"]["cuda"]["available"] == torch.cuda.is_available()
         case = Case.load(builtin_spec_dir() / "cases" / "adam_eps_dominated.json")
-        from conformance.runner import retarget
+        from conformance.judging import retarget
 
         spec = catalog.get("adam")
         cell = Cell("adam", "torch", "fused", "cpu", "float32")
@@ -173,7 +175,7 @@ def test_killed_run_keeps_its_results(tmp_path):
 def test_a_fixed_case_whose_inputs_overflow_the_dtype_is_not_run_there(catalog):
     """The pinned float32 rmsprop case has gradients of 6.8e5: beyond float16, so
     its float16 cells leave it out (its records would hold inf), the others run it."""
-    from conformance.runner import retarget
+    from conformance.judging import retarget
 
     case = Case.load(Path(builtin_spec_dir()) / "cases" / "rmsprop_centered_signed_sum.json")
     assert retarget(case, Cell("rmsprop", "torch", "forloop", "cpu", "float16")) is None
@@ -224,7 +226,8 @@ def test_a_seeded_cell_draws_the_same_cases_whatever_was_imported_before(tmp_pat
             import local_constants_here
         from conformance.catalog import load_catalog
         from conformance.execution import InProcessHost
-        from conformance.runner import PROFILES, Cell, run_cell
+        from conformance.cells import Cell
+        from conformance.driver import PROFILES, run_cell
         r = run_cell(load_catalog().get("adam"), Cell("adam", "torch", "forloop", "cpu", "float16"), InProcessHost("torch"),
                      profile=PROFILES["ci"], seed=0, database=None)
         print(hashlib.sha1(json.dumps([x.case.to_dict() for x in r.records if x.case is not None]).encode()).hexdigest())

@@ -15,12 +15,14 @@ import pytest
 
 from conformance import registry
 from conformance.case import Case
-from conformance.compare import CONFORMS, DIVERGES, Rounding
-from conformance.cross import mode_pairs, sides
+from conformance.outcomes import CONFORMS, DIVERGES
+from conformance.tolerance import Rounding
 from conformance.defaults import rows_for_mode
 from conformance.execution import Answer, InProcessHost, WorkerHost, adapter_file
 from conformance.kernel import run as kernel_run
-from conformance.runner import PROFILES, Cell, Selection, enumerate_cells, run_cell, stored_inputs
+from conformance.cells import Cell, Cross, Selection, enumerate_cells, mode_pairs
+from conformance.driver import PROFILES, run_cell
+from conformance.judging import stored_inputs
 
 
 def test_defaults_rows_map_tuple_arguments_and_flag_differences(catalog):
@@ -81,7 +83,7 @@ def test_mode_pairs_join_only_modes_with_one_configuration(catalog):
     assert mode_pairs(adam, "tensorflow") == [("eager", "function"), ("eager", "xla")]  # not v1
     cells = {c.id for c in enumerate_cells(catalog, Selection(rules=("adam",), frameworks=("torch",), dtypes=("float32",)))}
     assert "adam[torch-forloop~fused-cpu-float32]" in cells and "adam[torch-fused-cpu~cuda-float32]" in cells
-    assert sides(Cell("adam", "torch", "fused", "cpu~cuda", "float32"))[1].device == "cuda"
+    assert Cell("adam", "torch", "fused", "cpu", "float32", cross=Cross("device", "cuda")).sides()[1].device == "cuda"
     # a selection that drops one side drops the cross cell
     cells = {c.id for c in enumerate_cells(catalog, Selection(rules=("adam",), frameworks=("torch",), modes=("forloop",)))}
     assert not any("~fused" in c for c in cells)
@@ -110,7 +112,7 @@ def test_cross_oracle_compares_two_modes_without_a_reference(tmp_path, catalog, 
     pytest.importorskip("torch")
     host = WorkerHost("torch", adapter=_perturbing_adapter(tmp_path, factor))
     try:
-        cell = Cell("adam", "torch", "forloop~fused", "cpu", "float32")
+        cell = Cell("adam", "torch", "forloop", "cpu", "float32", cross=Cross("mode", "fused"))
         result = run_cell(catalog.get("adam"), cell, host, profile=PROFILES["ci"], seed=3, examples=5, database=None)
     finally:
         host.close()
@@ -178,7 +180,7 @@ def test_none_is_an_argument_value_but_never_a_step_value(catalog):
 
 
 def test_a_hyperparameter_subnormal_where_the_framework_stores_it_is_not_judged(catalog):
-    from conformance.runner import skip_reason, stored_inputs
+    from conformance.judging import skip_reason, stored_inputs
 
     spec = catalog.get("adagrad")
     mode = spec.mode("tensorflow", "eager")  # Keras rounds the initial accumulator to float32
@@ -196,7 +198,7 @@ def test_the_smallest_normal_value_where_the_framework_stores_it_is_not_judged(c
     """CI found MXNet's sgd_mom_update reading wd = 2**-126 (the smallest normal
     float32) as 2**-126 - 2**-149, a subnormal: one step down from there is
     twice a rounding's relative size and lands where flush-to-zero decides."""
-    from conformance.runner import skip_reason, stored_inputs
+    from conformance.judging import skip_reason, stored_inputs
 
     spec = catalog.get("sgd")
     mode = spec.mode("mxnet", "updater")  # MXNet stores wd as a float32 parameter

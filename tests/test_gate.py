@@ -128,6 +128,44 @@ def test_a_framework_filter_gates_a_subset_run_against_a_full_baseline():
     assert compare(baseline(s), baseline(t), frameworks=["torch"])["passed"]
 
 
+ENV_PAIR = {"axis": "env", "other": "candidate"}
+
+
+def _older_form(record: dict) -> dict:
+    """A baseline of the form written before cross cells were typed: both sides in one field."""
+    out = copy.deepcopy(record)
+    for c in out["cells"].values():
+        cross = c.pop("cross", None)
+        if cross:
+            own = c[cross["axis"]] or "pinned"
+            c[cross["axis"]] = f"{own}~{cross['other']}"
+    return out
+
+
+def test_a_baseline_of_the_older_form_gates_a_typed_run_unchanged():
+    """Baselines recorded before cross cells were typed (the committed one
+    included) hold "forloop~fused" or "sparse~dense" inside a field; they are
+    read as the typed cells they mean: nothing disappears or changes, and a
+    cross cell the run did not select is not counted as disappeared."""
+    s = _summary()
+    common = {"rule": "adam", "framework": "torch", "mode": "forloop", "device": "cpu", "dtype": "float32", "examples": 20,
+              "outcome": "conforms", "matched_variants": {}, "worst_errors": {"max_ulp_error": 2.0}}
+    s["cells"].append(dict(common, id="adam[torch-forloop-cpu-float32-sparse~dense]", gradients="sparse",
+                           cross={"axis": "gradients", "other": "dense"}))
+    s["cells"].append(dict(common, id="adam[torch-forloop~fused-cpu-float32]", cross={"axis": "mode", "other": "fused"}))
+    typed = baseline(s)
+    old = _older_form(typed)
+    assert old["cells"]["adam[torch-forloop-cpu-float32-sparse~dense]"]["gradients"] == "sparse~dense"
+    assert old["cells"]["adam[torch-forloop~fused-cpu-float32]"]["mode"] == "forloop~fused"
+    result = compare(old, typed)
+    assert result["passed"] and result["entries"] == [], result["entries"]
+    dense_only = copy.deepcopy(typed)
+    del dense_only["cells"]["adam[torch-forloop-cpu-float32-sparse~dense]"]
+    dense_only["selections"] = [{"rules": None, "frameworks": ["torch"], "gradients": ["dense"]}]
+    result = compare(old, dense_only)
+    assert result["passed"] and result["not_selected"] == 1, result["entries"]
+
+
 def _side_by_side(candidate_variants=None, pair_outcome="conforms", identical=20):
     """A side-by-side run's summary: pinned cells, the candidate's, and the two compared."""
     s = _summary()
@@ -137,7 +175,7 @@ def _side_by_side(candidate_variants=None, pair_outcome="conforms", identical=20
         cand = dict(c, id=c["id"][:-1] + "@candidate]", env="candidate")
         if candidate_variants and c["id"] in candidate_variants:
             cand.update(candidate_variants[c["id"]])
-        pair = dict(c, id=c["id"][:-1] + "@pinned~candidate]", env="pinned~candidate", outcome=pair_outcome,
+        pair = dict(c, id=c["id"][:-1] + "@pinned~candidate]", env="", cross=ENV_PAIR, outcome=pair_outcome,
                     matched_variants={}, bit_identical=identical)
         extra += [cand, pair]
     s["cells"] += extra
@@ -197,7 +235,8 @@ def test_a_real_side_by_side_run_of_one_version_twice_is_bit_identical_and_passe
 def test_the_sparse_dense_oracles_error_is_not_a_numerics_note():
     s = _summary()
     s["cells"].append({"id": "adam[torch-forloop-cpu-float32-sparse~dense]", "rule": "adam", "framework": "torch", "mode": "forloop",
-                       "device": "cpu", "dtype": "float32", "gradients": "sparse~dense", "examples": 20, "outcome": "conforms",
+                       "device": "cpu", "dtype": "float32", "gradients": "sparse", "cross": {"axis": "gradients", "other": "dense"},
+                       "examples": 20, "outcome": "conforms",
                        "matched_variants": {}, "worst_errors": {"max_ulp_error": 2.0}})
     t = copy.deepcopy(s)
     _cell(t, "adam[torch-forloop-cpu-float32-sparse~dense]")["worst_errors"] = {"max_ulp_error": 1.6e8}
@@ -307,7 +346,7 @@ def test_side_by_side_a_flipped_variant_on_the_same_values_is_noted_not_failed()
     for cid, pair_outcome in (("adam[torch-forloop-cpu-float32]", "conforms"), ("rmsprop[torch-forloop-cpu-float32]", "diverges")):
         pinned = _cell(s, cid)
         s["cells"].append(dict(pinned, id=cid[:-1] + "@candidate]", env="candidate", outcome="known-divergence", matched_variants={"epsilon_hat": 20}))
-        s["cells"].append(dict(pinned, id=cid[:-1] + "@pinned~candidate]", env="pinned~candidate", outcome=pair_outcome, matched_variants={}))
+        s["cells"].append(dict(pinned, id=cid[:-1] + "@pinned~candidate]", env="", cross=ENV_PAIR, outcome=pair_outcome, matched_variants={}))
     result = compare(None, baseline(s))
     by = {(e["kind"], e["cell"]): e for e in result["entries"]}
     noted = by[("semantics", "adam[torch-forloop-cpu-float32]")]

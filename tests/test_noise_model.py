@@ -18,7 +18,8 @@ import numpy as np
 
 from conformance.case import Case
 from conformance.catalog import builtin_spec_dir
-from conformance.compare import Trajectories, compare, reference, tolerance_for
+from conformance.compare import compare
+from conformance.tolerance import Trajectory, reference, tolerance_for
 from conformance.dtypes import numpy_dtype
 
 
@@ -26,7 +27,7 @@ def _case(name: str) -> Case:
     return Case.load(Path(builtin_spec_dir()) / "cases" / name)
 
 
-def _keras_graph_rmsprop(case: Case, rsqrt: bool) -> Trajectories:
+def _keras_graph_rmsprop(case: Case, rsqrt: bool) -> Trajectory:
     """Keras 3 RMSprop.update_step (centered, momentum, float32) as TensorFlow's
     graph optimizer and XLA rewrite it: lr * g / sqrt(d) becomes lr * g * rsqrt(d)."""
     f = np.float32
@@ -48,7 +49,7 @@ def _keras_graph_rmsprop(case: Case, rsqrt: bool) -> Trajectories:
         p = p - b
         ps.append(p.astype(np.float64))
         bs.append(b.astype(np.float64))
-    return Trajectories(np.array(ps), {"b": np.array(bs)})
+    return Trajectory(np.array(ps), {"b": np.array(bs)})
 
 
 def test_rsqrt_order_errors_adding_up_over_signed_increments_stay_within_the_bound(catalog):
@@ -72,7 +73,7 @@ def test_rsqrt_order_errors_adding_up_over_signed_increments_stay_within_the_bou
     assert compare(plain, full, "float32").ok
 
 
-def _torch_foreach_centered(case: Case, dtype: str) -> Trajectories:
+def _torch_foreach_centered(case: Case, dtype: str) -> Trajectory:
     """torch/optim/rmsprop.py _multi_tensor_rmsprop (centered, momentum, L2),
     every operation rounded to `dtype`: grad_avg.lerp_(grad, 1 - alpha)."""
     low = numpy_dtype(dtype)
@@ -95,7 +96,7 @@ def _torch_foreach_centered(case: Case, dtype: str) -> Trajectories:
         p = r(p - r(r(lr) * b))
         ps.append(p)
         mgs.append(mg)
-    return Trajectories(np.array(ps), {"mg": np.array(mgs)})
+    return Trajectory(np.array(ps), {"mg": np.array(mgs)})
 
 
 def test_a_cancelling_centered_average_in_bfloat16_stays_within_the_bound(catalog):

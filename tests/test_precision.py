@@ -21,13 +21,15 @@ if importlib.util.find_spec("torch") is not None:
     import torch  # noqa: F401  (import order)
 
 from conformance.case import Case
-from conformance.compare import CONFORMS, DIVERGES, KNOWN
+from conformance.outcomes import CONFORMS, DIVERGES, KNOWN
 from conformance.dtypes import round_to
 from conformance.execution import InProcessHost
 from conformance.gate import baseline, compare as gate_compare
 from conformance.precision import EXACT, NONFINITE, PRECISION_LOSS, STALLED, degenerate, pieces
 from conformance.results import cell_fails, summarize
-from conformance.runner import PROFILES, Cell, execute, run_cell
+from conformance.cells import Cell
+from conformance.driver import PROFILES, run_cell
+from conformance.judging import execute
 from conformance.spec import load_spec
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
@@ -116,7 +118,7 @@ def test_a_square_root_of_a_sum_of_squares_is_always_determined(catalog):
     """Control: Adam's sqrt(v_hat) is a sum of squares, which rounding spreads by
     a relative amount only (30 steps of bfloat16 with directed roundings): no
     element becomes undetermined."""
-    from conformance.compare import reference
+    from conformance.tolerance import reference
     from conformance.tolerance import tolerance_for
 
     spec = catalog.get("adam")
@@ -333,7 +335,7 @@ def test_lion_direction_written_as_a_lerp_of_the_momentum_is_undetermined_where_
     m.lerp(g, 1 - beta1), whose error scales with |m| (the spec's `increments`):
     with beta1 near 0 and g = 0, c = beta1*m is far below u*|m|, so its sign is
     the rounding's and the element is not judged from that step on."""
-    from conformance.compare import reference
+    from conformance.tolerance import reference
     from conformance.tolerance import tolerance_for
 
     spec = catalog.get("lion")
@@ -351,7 +353,7 @@ def test_a_test_on_the_tensors_within_rounding_of_its_threshold_leaves_the_eleme
     2e-153: the draft's failing cells). Which branch the next step takes is
     the rounding's, so the element is not judged from then on; the first
     step, before any test, stays judged."""
-    from conformance.compare import reference
+    from conformance.tolerance import reference
     from conformance.tolerance import tolerance_for
 
     spec = catalog.get("lamb")

@@ -16,16 +16,18 @@ from conformance.evidence import case_evidence
 from conformance.kernel import run_case
 from conformance.report import render
 from conformance.results import summarize
-from conformance.runner import Cell, Record, Trajectories
+from conformance.cells import Cell
+from conformance.records import Record
+from conformance.tolerance import Trajectory
 
 ADAM = {"lr": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False, "maximize": False}
 
 
 def _record(catalog, observed_params: np.ndarray, case: Case, cell: Cell) -> dict:
     spec = catalog.get(case.rule)
-    observed = Trajectories(observed_params, {})
+    observed = Trajectory(observed_params, {})
     verdict = classify(spec, case, (), observed)
-    return Record(cell, verdict.outcome, verdict.explanation, verdict=verdict, case=case, observed=observed).to_json(with_case=True)
+    return Record(cell=cell, outcome=verdict.outcome, reason=verdict.explanation, verdict=verdict, case=case, observed=observed).to_json(with_case=True)
 
 
 def _case() -> Case:
@@ -132,13 +134,13 @@ def test_a_case_that_shows_the_declared_variant_is_kept(catalog, tmp_path):
     spec = catalog.get("adam")
     case = Case.from_dict({"rule": "adam", "framework": "tensorflow", "mode": "eager", "device": "cpu", "dtype": "float64",
                            "hyperparameters": dict(ADAM, eps=0.05), "params": [0.5, -1.0], "grads": [[0.01, -0.02], [0.03, 0.0]]})
-    observed = Trajectories(run_case(spec, case, variants=("epsilon_hat",)).params.astype(np.float64), {})
+    observed = Trajectory(run_case(spec, case, variants=("epsilon_hat",)).params.astype(np.float64), {})
     cell = Cell("adam", "tensorflow", "eager", "cpu", "float64")
     writer = ResultWriter(tmp_path, "main")
     for _ in range(3):
         verdict = classify(spec, case, ("epsilon_hat",), observed)
         assert verdict.outcome == "known-divergence"
-        writer.write(Record(cell, verdict.outcome, verdict.explanation, verdict=verdict, case=case, observed=observed, kind="generated"))
+        writer.write(Record(cell=cell, outcome=verdict.outcome, reason=verdict.explanation, verdict=verdict, case=case, observed=observed, kind="generated"))
     writer.close()
     lines = [json.loads(x) for x in (tmp_path / "results-main.jsonl").read_text().splitlines()]
     assert [x.get("shows_variant", False) for x in lines] == [True, False, False]  # (its parameters show it: no later one is kept)

@@ -18,12 +18,13 @@ import subprocess
 import pytest
 
 from conformance.case import Case
-from conformance.compare import CONFORMS, KNOWN
+from conformance.outcomes import CONFORMS, KNOWN
 from conformance.cross import execute_cross
 from conformance.execution import make_host
 from conformance.registry import FRAMEWORKS, entry, worker_python
 from conformance.reproducer import literal, script
-from conformance.runner import Cell, execute
+from conformance.cells import Cell, Cross
+from conformance.judging import execute
 
 #: eps comparable to sqrt(v): Adam's epsilon_hat and Algorithm 1 differ at step 1
 ADAM = {"lr": 0.1, "beta1": 0.9, "beta2": 0.999, "eps": 0.05, "weight_decay": 0.0, "amsgrad": False, "maximize": False}
@@ -103,7 +104,7 @@ def test_reproducer_shows_what_the_run_found(catalog, tmp_path, framework, mode,
 def test_cross_cell_reproducer_runs_both_sides(catalog, tmp_path):
     python = _python("torch")
     spec = catalog.get("adam")
-    cell = Cell("adam", "torch", "forloop~foreach", "cpu", "float32")
+    cell = Cell("adam", "torch", "forloop", "cpu", "float32", cross=Cross("mode", "foreach"))
     case = Case.from_dict({"rule": "adam", "framework": "torch", "mode": "forloop", "device": "cpu", "dtype": "float32",
                            "hyperparameters": ADAM, "params": PARAMS, "grads": GRADS})
     host = make_host("torch", "worker")

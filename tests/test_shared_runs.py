@@ -4,17 +4,21 @@ A seed draws the same cases for the modes of a framework whose strategies
 agree, and a cross cell draws its first side's cases: the framework run of a
 request and the reference of a case are computed once per process
 (`execution.AnswerMemo`, `tolerance.shared_reference`), and the shards keep
-such cells together (`runner.shard`). Real torch, nothing mocked.
+such cells together (`cells.shard`). Real torch, nothing mocked.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from conformance import tolerance
 from conformance.execution import InProcessHost, request_key
-from conformance.runner import PROFILES, Cell, build_request, enumerate_cells, family, run_cell, shard
+from conformance.cells import Cell, Cross, enumerate_cells, family, shard
+from conformance.driver import PROFILES, run_cell
+from conformance.judging import build_request
 
 torch = pytest.importorskip("torch")
 
@@ -41,13 +45,12 @@ def test_a_repeated_request_is_answered_from_the_memo_and_equals_a_fresh_run(cat
     other = host.run(_request(catalog, shift=1.0))  # other parameters: run again
     assert host.memo.hits == 1 and other.status == "ok"
     assert not np.array_equal(np.asarray(other.result["params"]), np.asarray(first.result["params"]))
-    assert request_key(_request(catalog)) != request_key(_request(catalog, shift=1.0))
+    assert request_key(_request(catalog).wire()) != request_key(_request(catalog, shift=1.0).wire())
 
 
 def test_a_crash_is_not_remembered(tmp_path, catalog):
     host = InProcessHost("torch")
-    request = _request(catalog)
-    request["optimizer"] = "torch.optim.NoSuchOptimizer"
+    request = replace(_request(catalog), optimizer="torch.optim.NoSuchOptimizer")
     first, again = host.run(request), host.run(request)
     assert first.status != "ok" and again.status == first.status
     assert host.memo.hits == (1 if first.status == "unsupported" else 0)
@@ -56,7 +59,7 @@ def test_a_crash_is_not_remembered(tmp_path, catalog):
 def test_a_cross_cell_runs_its_sides_from_the_plain_cells_runs_with_the_same_verdicts(catalog):
     spec = catalog.get("adam")
     plain = [Cell("adam", "torch", m, "cpu", "float32") for m in ("forloop", "foreach")]
-    crossed = Cell("adam", "torch", "forloop~foreach", "cpu", "float32")
+    crossed = Cell("adam", "torch", "forloop", "cpu", "float32", cross=Cross("mode", "foreach"))
     host = InProcessHost("torch")
     for cell in plain:
         run_cell(spec, cell, host, profile=FAST, seed=3, examples=6, database=None)

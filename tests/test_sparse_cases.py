@@ -12,8 +12,8 @@ from hypothesis import find, settings
 from conformance import strategies
 from conformance.case import Case, CaseError
 from conformance.kernel import run_case
-from conformance.runner import Cell, enumerate_cells, retarget
-from conformance.runner import Selection
+from conformance.cells import Cell, Cross, Selection, enumerate_cells
+from conformance.judging import retarget
 
 
 def _sgd_case(**over):
@@ -141,7 +141,9 @@ def test_sparse_cells_and_their_oracle_are_enumerated(catalog):
     assert "adam[jax-eager-cpu-float32-sparse~dense]" not in ids
     assert "adam[torch-forloop-cpu-float16-sparse]" not in ids  # other modes: float32 and float64
     sgd = enumerate_cells(catalog, Selection(rules=("sgd",), frameworks=("torch",), modes=("forloop",), devices=("cpu",)))
-    assert {c.gradients for c in sgd} == {"dense", "sparse", "sparse~dense"}
+    assert {c.label("gradients") for c in sgd} == {"dense", "sparse", "sparse~dense"}
+    oracle = next(c for c in sgd if c.is_cross)
+    assert (oracle.gradients, oracle.cross) == ("sparse", Cross("gradients", "dense"))  # typed: the first side is sparse
 
 
 def test_a_dense_fixed_case_does_not_enter_a_sparse_cell(catalog):
@@ -155,12 +157,30 @@ def test_a_dense_fixed_case_does_not_enter_a_sparse_cell(catalog):
 
 
 def test_an_oracle_case_keeps_its_gradient_kind():
-    case = _sgd_case(gradients="sparse~dense", framework="torch", mode="forloop", device="cpu")
-    assert Case.from_dict(json.loads(case.to_json())).gradients == "sparse~dense"
+    oracle = {"axis": "gradients", "other": "dense"}
+    case = _sgd_case(gradients="sparse", cross=oracle, framework="torch", mode="forloop", device="cpu")
+    again = Case.from_dict(json.loads(case.to_json()))
+    assert (again.gradients, again.cross) == ("sparse", Cross("gradients", "dense"))
     with pytest.raises(CaseError, match="needs sparse_rows"):
-        Case.from_dict({"rule": "sgd", "dtype": "float64", "params": [[1.0]], "grads": [[[1.0]]], "gradients": "sparse~dense"})
+        Case.from_dict({"rule": "sgd", "dtype": "float64", "params": [[1.0]], "grads": [[[1.0]]], "gradients": "sparse", "cross": oracle})
     with pytest.raises(CaseError, match="unknown gradient kind"):
         _sgd_case(gradients="ragged")
+    with pytest.raises(CaseError, match=r"gradients.*sparse-vs-dense oracle only"):
+        _sgd_case(gradients="dense", cross={"axis": "gradients", "other": "sparse"})
+    with pytest.raises(CaseError, match="crosses mode, device or gradients"):
+        _sgd_case(cross={"axis": "env", "other": "candidate"})
+
+
+def test_a_case_file_of_the_older_form_reads_as_the_typed_one():
+    """Case files written before cross cells were typed held both sides in one
+    field ("sparse~dense", "forloop~foreach"); they replay as before."""
+    old = _sgd_case(gradients="sparse~dense", framework="torch", mode="forloop", device="cpu")
+    assert (old.gradients, old.cross) == ("sparse", Cross("gradients", "dense"))
+    modes = _sgd_case(framework="torch", mode="forloop~foreach", device="cpu")
+    assert (modes.mode, modes.cross) == ("forloop", Cross("mode", "foreach"))
+    assert "~" not in modes.to_json()  # written in the typed form
+    with pytest.raises(CaseError, match="in `cross` only"):
+        _sgd_case(framework="torch", mode="forloop~foreach", device="cpu", cross={"axis": "mode", "other": "fused"})
 
 
 def test_the_report_shows_the_sparse_table_escaped():
@@ -184,7 +204,7 @@ def test_list_sparse_shows_what_a_run_measured(tmp_path, capsys):
 
     lines = [
         _record("updater", "lazy"), _record("updater", "either"),
-        _record("updater", None, outcome="conforms", gradients="sparse~dense", source="differs"),
+        _record("updater", None, outcome="conforms", cross={"axis": "gradients", "other": "dense"}, sides_differ=True),
         _record("no_lazy_update", "dense", expected=()), _record("no_lazy_update", "lazy", outcome="diverges", expected=()),
     ]
     (tmp_path / "results-main.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")

@@ -15,11 +15,14 @@ import importlib.util
 import pytest
 
 from conformance.case import Case
-from conformance.compare import CONFORMS, FAILING, KNOWN
+from conformance.outcomes import CONFORMS, FAILING, KNOWN
 from conformance.cross import execute_cross
 from conformance.execution import make_host
 from conformance.registry import worker_python
-from conformance.runner import Cell, execute
+from conformance.cells import Cell, Cross
+from conformance.judging import execute
+
+SPARSE_DENSE = Cross("gradients", "dense")
 
 # rows 0 and 2; nothing; every row; row 1 twice and row 2 once
 ROWS = [[0, 2], [], [2, 0, 1], [1, 1, 2]]
@@ -133,14 +136,14 @@ def test_repeated_rows_are_summed_by_torch_and_squared_per_slice_by_keras(catalo
 
 def test_sparse_against_dense_on_one_framework(catalog, hosts):
     spec = catalog.get("adam")
-    keras = execute_cross(spec, Cell("adam", "tensorflow", "eager", "cpu", "float64", "sparse~dense"), _case("adam", {"lr": 0.1}), hosts("tensorflow"))
+    keras = execute_cross(spec, Cell("adam", "tensorflow", "eager", "cpu", "float64", "sparse", cross=SPARSE_DENSE), _case("adam", {"lr": 0.1}), hosts("tensorflow"))
     assert keras.outcome == CONFORMS and "differs from the dense one, as declared (per_slice_square" in keras.reason
-    same = execute_cross(spec, Cell("adam", "tensorflow", "eager", "cpu", "float64", "sparse~dense"), _case("adam", {"lr": 0.1}, duplicates=False), hosts("tensorflow"))
+    same = execute_cross(spec, Cell("adam", "tensorflow", "eager", "cpu", "float64", "sparse", cross=SPARSE_DENSE), _case("adam", {"lr": 0.1}, duplicates=False), hosts("tensorflow"))
     assert same.outcome == CONFORMS and "same result" in same.reason
     sgd = catalog.get("sgd")
-    torch = execute_cross(sgd, Cell("sgd", "torch", "forloop", "cpu", "float64", "sparse~dense"), _case("sgd", {"lr": 0.1, "momentum": 0.9}), hosts("torch"))
+    torch = execute_cross(sgd, Cell("sgd", "torch", "forloop", "cpu", "float64", "sparse", cross=SPARSE_DENSE), _case("sgd", {"lr": 0.1, "momentum": 0.9}), hosts("torch"))
     assert torch.outcome == CONFORMS and "same result" in torch.reason
-    v1 = execute_cross(sgd, Cell("sgd", "tensorflow", "v1", "cpu", "float64", "sparse~dense"), _case("sgd", {"lr": 0.1, "momentum": 0.9}), hosts("tensorflow"))
+    v1 = execute_cross(sgd, Cell("sgd", "tensorflow", "v1", "cpu", "float64", "sparse", cross=SPARSE_DENSE), _case("sgd", {"lr": 0.1, "momentum": 0.9}), hosts("tensorflow"))
     assert v1.outcome == CONFORMS and "as declared (lazy" in v1.reason
 
 
@@ -182,7 +185,7 @@ def test_a_declared_sparse_difference_the_size_of_the_bound_cannot_tell(catalog)
     })
     host = make_host("tensorflow", "worker")
     try:
-        record = execute_cross(spec, Cell("adam", "tensorflow", "eager", "cpu", "float32", "sparse~dense"), case, host)
+        record = execute_cross(spec, Cell("adam", "tensorflow", "eager", "cpu", "float32", "sparse", cross=SPARSE_DENSE), case, host)
     finally:
         host.close()
     assert record.outcome == CONFORMS, record.reason

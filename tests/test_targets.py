@@ -12,8 +12,9 @@ import yaml
 from conformance import catalog as catalog_module
 from conformance.catalog import builtin_spec_dir, load_catalog
 from conformance.cli import main
-from conformance.compare import CONFORMS, CRASH, DIVERGES
-from conformance.runner import PROFILES, Cell, Selection
+from conformance.outcomes import CONFORMS, CRASH, DIVERGES
+from conformance.cells import Cell, Selection
+from conformance.driver import PROFILES
 from conformance.session import Options, Session
 from conformance.yamlsource import SourceError
 

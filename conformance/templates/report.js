@@ -210,7 +210,7 @@
     put(drill, el("h2", {}, d.id, " ", el("span", {class: "badge " + d.outcome.replace(" ", "-")}, d.outcome)));
     put(drill, kv([["rule", d.rule], ["framework", d.framework + (d.version ? " @ " + d.version : "")], ["environment", d.env_label || d.env || null], ["mode", d.mode], ["device", d.device],
       ["dtype", d.dtype], ["gradients", d.gradients], ["cases", Object.entries(d.counts || {}).map(([k, c]) => `${k} ${c}`).join(", ") || "none"],
-      ["bit-identical", d.mode.includes("~") || d.device.includes("~") || (d.env || "").includes("~") ? `${d.bit_identical || 0} of ${d.examples} case(s)` : null], ["time", d.seconds ? d.seconds.toFixed(2) + " s" : null], ["worst error", d.worst_errors ? `${fmt(d.worst_errors.max_ulp_error)} ulp, ${fmt(d.worst_errors.margin)} of the bound` : null],
+      ["bit-identical", d.cross ? `${d.bit_identical || 0} of ${d.examples} case(s)` : null], ["time", d.seconds ? d.seconds.toFixed(2) + " s" : null], ["worst error", d.worst_errors ? `${fmt(d.worst_errors.max_ulp_error)} ulp, ${fmt(d.worst_errors.margin)} of the bound` : null],
       ["precision", d.precision ? d.precision + (d.precision_undeclared ? ` (${d.precision_undeclared} UNDECLARED)` : "") + " — " + Object.entries(d.precision_counts || {}).map(([k, c]) => `${k} ${c}`).join(", ") : null]]));
     put(drill, list("Precision findings and their causes", d.precision_causes));
     put(drill, list("Elements the precision axis could not judge (over all cases and steps)", d.precision_unjudged, "element(s)"));
