@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from .expr import FUNCTIONS, Equation, ExprError, Expression, compile_expression, parse_equation
 from .dtypes import DTYPES as DTYPE_TABLE
 from .registry import FRAMEWORKS, foreign_module
-from .yamlsource import KeyPath, Located, SourceError, load_yaml_file
+from .yamlsource import KeyPath, Located, SourceError, inherit, load_yaml_file
 
 DTYPES = tuple(DTYPE_TABLE)
 #: Names every step can read besides hyperparameters and state.
@@ -502,14 +502,42 @@ def _apply_variant(eqs: list[Equation], variant: Variant) -> list[Equation]:
 # Loading.
 
 
+#: A spec that `inherits: RULE` takes that rule's spec (a file beside it) and
+#: replaces what it writes itself: these mappings entry by entry (`name: null`
+#: removes an entry), every other key whole. Pinned `cases` are a rule's own
+#: and never inherited.
+INHERITED_BY_NAME = ("hyperparameters", "state", "variants", "frameworks", "tolerance", "increments")
+_NOT_INHERITED = ("cases",)
+
+
+def _located_spec(path: Path, chain: tuple[Path, ...] = ()) -> Located:
+    """A spec file's YAML, with the spec it inherits underneath (`INHERITED_BY_NAME`)."""
+    located = load_yaml_file(path)
+    data = located.data
+    if not isinstance(data, dict):
+        raise located.error((), "a spec must be a mapping of keys (title, summary, hyperparameters, ...)")
+    if "inherits" not in data:
+        return located
+    name = data["inherits"]
+    if not isinstance(name, str) or not _RULE_NAME.match(name):
+        raise located.error(("inherits",), f"inherits names a rule (a spec file beside this one), got {name!r}")
+    parent_path = (path.parent / f"{name}.yaml").resolve()
+    if parent_path in chain + (path.resolve(),):
+        circle = " -> ".join(p.stem for p in chain + (path.resolve(), parent_path))
+        raise located.error(("inherits",), f"specs inherit in a circle: {circle}")
+    if not parent_path.is_file():
+        raise located.error(("inherits",), f"no spec {name!r} to inherit beside this file (looked at {parent_path})")
+    parent = _located_spec(parent_path, chain + (path.resolve(),))
+    parent = replace(parent, data={k: v for k, v in parent.data.items() if k not in _NOT_INHERITED})
+    return inherit(parent, located, INHERITED_BY_NAME, drop=("inherits",))
+
+
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
-    located = load_yaml_file(path)
     rule = path.stem
     if not _RULE_NAME.match(rule):
         raise SourceError(path, (), None, f"the file name gives the rule name; {rule!r} must match {_RULE_NAME.pattern}")
-    if not isinstance(located.data, dict):
-        raise located.error((), "a spec must be a mapping of keys (title, summary, hyperparameters, ...)")
+    located = _located_spec(path)
     try:
         model = SpecModel.model_validate(located.data)
     except ValidationError as exc:
@@ -753,7 +781,7 @@ def _framework_modes(sections, hp_names, state_names, variants, src, expr, file)
             config = _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, src, base, mpath, expr)
             optimizer_path = mpath + ("optimizer",) if mm.optimizer else base + ("optimizer",)
             imports = foreign_module(adapter, config.optimizer)
-            modes[(fw, mode_name)] = replace(config, adapter=adapter if adapter != fw else "", imports=imports, file=file)
+            modes[(fw, mode_name)] = replace(config, adapter=adapter if adapter != fw else "", imports=imports, file=src.file_of(base) if file == src.file else file)
             if imports is not None and fw == adapter:
                 raise src.error(
                     optimizer_path,

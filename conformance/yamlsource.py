@@ -11,9 +11,9 @@ wants `1.0e-8`, a trap for anyone writing epsilons).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -71,11 +71,15 @@ _Loader.add_implicit_resolver(
 
 @dataclass(frozen=True)
 class Located:
-    """Plain data plus the line (1-based) of every key path in it."""
+    """Plain data plus the line (1-based) of every key path in it, and, for a
+    document that inherits parts of another (`inherit`), the file each
+    inherited part came from."""
 
     data: Any
     lines: dict[KeyPath, int]
     file: str
+    #: key path -> the file of that subtree, where it is not `file`
+    origins: dict[KeyPath, str] = field(default_factory=dict)
 
     def line_of(self, path: KeyPath) -> int | None:
         """Line of `path`, or of its nearest ancestor that exists."""
@@ -86,8 +90,68 @@ class Located:
             path = path[:-1]
         return self.lines.get((), None)
 
+    def file_of(self, path: KeyPath) -> str:
+        """The file that `path` (or its nearest ancestor with an origin) came from."""
+        path = tuple(path)
+        while path:
+            if path in self.origins:
+                return self.origins[path]
+            path = path[:-1]
+        return self.file
+
     def error(self, path: KeyPath, message: str) -> SourceError:
-        return SourceError(self.file, path, self.line_of(path), message)
+        return SourceError(self.file_of(path), path, self.line_of(path), message)
+
+
+def inherit(parent: Located, child: Located, by_name: Iterable[str], drop: Iterable[str] = ()) -> Located:
+    """`child` on top of `parent`: each top-level key of the child replaces the
+    parent's, except the mappings named in `by_name`, which merge entry by
+    entry (a child's entry replaces the parent's of that name whole; `name:
+    null` removes it). Keys in `drop` (the `inherits` key itself) are left
+    out. Every value keeps its line, and an inherited one its file, so an
+    error in an inherited part points at the parent's file."""
+    by_name, drop = set(by_name), set(drop)
+    data: dict[str, Any] = {}
+    lines: dict[KeyPath, int] = {(): child.lines.get((), 1)}
+    origins: dict[KeyPath, str] = {}
+
+    def take(src: Located, path: KeyPath) -> None:
+        n = len(path)
+        for p, line in src.lines.items():
+            if p[:n] == path:
+                lines[p] = line
+        if src is parent:
+            origins[path] = parent.file_of(path)
+            for p, f in parent.origins.items():
+                if p[:n] == path:
+                    origins[p] = f
+
+    for key in [*parent.data, *(k for k in child.data if k not in parent.data)]:
+        if key in drop:
+            continue
+        mine, theirs = child.data.get(key), parent.data.get(key)
+        if key in by_name and isinstance(mine, dict) and isinstance(theirs, dict):
+            merged: dict[str, Any] = {}
+            lines[(key,)] = child.lines[(key,)]
+            for name, value in theirs.items():
+                if name not in mine:
+                    merged[name] = value
+                    take(parent, (key, name))
+            for name, value in mine.items():
+                if value is None:
+                    if name not in theirs:
+                        raise child.error((key, name), f"removes {name!r}, which {parent.file} does not define")
+                    continue
+                merged[name] = value
+                take(child, (key, name))
+            data[key] = merged
+        elif key in child.data:
+            data[key] = mine
+            take(child, (key,))
+        else:
+            data[key] = theirs
+            take(parent, (key,))
+    return Located(data, lines, child.file, origins)
 
 
 def load_yaml(text: str, file: str | Path) -> Located:

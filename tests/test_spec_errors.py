@@ -141,3 +141,78 @@ def test_an_integer_argument_stays_an_integer(catalog):
     args = spec.mode("jax", "factored").native_args(spec.resolve({}))
     assert args["min_dim_size_to_factor"] == 1 and type(args["min_dim_size_to_factor"]) is int
     assert type(args["decay_rate"]) is float
+
+
+# ---- a spec that inherits another (issue 19: specs share instead of repeating)
+
+CHILD = """\
+inherits: myrule
+title: My rule, renamed
+summary: the same rule with another default
+references: ["none"]
+hyperparameters:
+  momentum:
+    default: 0.5
+    doc: another default
+"""
+
+
+def test_a_spec_inherits_every_key_it_does_not_write(tmp_path):
+    write(tmp_path, GOOD)
+    child = load_spec(write(tmp_path, CHILD, "child.yaml"))
+    parent = load_spec(tmp_path / "myrule.yaml")
+    assert child.rule == "child" and child.title == "My rule, renamed"
+    assert child.hyperparameters["momentum"].default == 0.5
+    assert child.hyperparameters["lr"] == parent.hyperparameters["lr"]
+    assert [eq.source for eq in child.step] == [eq.source for eq in parent.step]
+    assert set(child.variants) == set(parent.variants) and set(child.modes) == set(parent.modes)
+    assert child.cases == ()  # pinned cases are a rule's own
+    assert all(m.file == str(tmp_path / "myrule.yaml") for m in child.modes.values())  # where each mode is declared
+
+
+def test_null_removes_an_inherited_entry_and_a_removal_of_nothing_is_located(tmp_path):
+    write(tmp_path, GOOD)
+    child = load_spec(write(tmp_path, CHILD + "frameworks:\n  tensorflow: null\n  mxnet: null\nvariants:\n  velocity_momentum: null\n", "child.yaml"))
+    assert not any(fw in ("tensorflow", "mxnet") for fw, _ in child.modes) and "velocity_momentum" not in child.variants
+    text = CHILD + "variants:\n  no_such_variant: null\n"
+    with pytest.raises(SourceError) as exc:
+        load_spec(write(tmp_path, text, "child.yaml"))
+    e = exc.value
+    assert e.file.endswith("child.yaml") and e.line == line_of(text, "no_such_variant") and "does not define" in e.message
+
+
+def test_an_error_in_an_inherited_part_names_the_parents_file_and_line(tmp_path):
+    bad = mutate("      dampening: dampening", "      dampening: damp")
+    write(tmp_path, bad)
+    with pytest.raises(SourceError) as exc:
+        load_spec(write(tmp_path, CHILD, "child.yaml"))
+    e = exc.value
+    assert e.file.endswith("myrule.yaml") and e.line == line_of(bad, "dampening: damp")
+    assert "frameworks.torch.args.dampening" in str(e) and "unknown name 'damp'" in e.message
+    # and an error in the child's own part names the child
+    text = CHILD.replace("    default: 0.5", "    default: half")
+    with pytest.raises(SourceError) as exc:
+        load_spec(write(tmp_path, text, "child.yaml"))
+    assert exc.value.file.endswith("child.yaml") and exc.value.line == line_of(text, "default: half")
+
+
+@pytest.mark.parametrize("inherits,words", [("nosuch", "no spec 'nosuch' to inherit"), ("child", "inherit in a circle"),
+                                            ("../x", "inherits names a rule")])
+def test_a_bad_inherits_is_located(tmp_path, inherits, words):
+    text = CHILD.replace("inherits: myrule", f"inherits: {inherits}")
+    with pytest.raises(SourceError) as exc:
+        load_spec(write(tmp_path, text, "child.yaml"))
+    assert exc.value.file.endswith("child.yaml") and exc.value.line == 1 and words in exc.value.message
+
+
+def test_adamw_inherits_adams_hyperparameters_state_and_precision_variants():
+    specs = load_catalog()
+    adam, adamw = specs.get("adam"), specs.get("adamw")
+    for name in ("beta1", "beta2", "eps", "amsgrad", "maximize"):
+        assert adamw.hyperparameters[name] == adam.hyperparameters[name]
+    assert adamw.hyperparameters["weight_decay"].default == 0.01 != adam.hyperparameters["weight_decay"].default
+    for name in ("amsgrad_corrected_max", "folded_step_size", "bias_correction_float32_betas", "per_slice_square"):
+        assert [(t, e.source) for t, e in adamw.variants[name].equations] == [(t, e.source) for t, e in adam.variants[name].equations]
+    assert "decoupled_weight_decay" not in adamw.variants and "coupled_weight_decay" in adamw.variants
+    assert [eq.source for eq in adamw.step][-1] == "p = p * (1 - lr * weight_decay) + u"
+    assert not any(fw == "mxnet" for fw, _ in adamw.modes)
