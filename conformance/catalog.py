@@ -13,16 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .spec import Spec, extend_spec, extension_of, load_spec
+from .spec import Spec, builtin_spec_dir, extend_spec, extension_of, load_spec
 from .yamlsource import SourceError
-
-
-def builtin_spec_dir() -> Path:
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "specs", package.parent / "specs"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"built-in specs not found next to {package}")
 
 
 @dataclass(frozen=True)

@@ -532,12 +532,82 @@ def _located_spec(path: Path, chain: tuple[Path, ...] = ()) -> Located:
     return inherit(parent, located, INHERITED_BY_NAME, drop=("inherits",))
 
 
+def builtin_spec_dir() -> Path:
+    """The built-in specs: installed beside the package, or the checkout's `specs/`."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "specs", package.parent / "specs"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"built-in specs not found next to {package}")
+
+
+class FrameworkDeclarations(_Model):
+    """specs/frameworks/<framework>.yaml: what is true of every optimizer of a
+    framework whatever the rule, written once instead of in every spec."""
+
+    summary: str
+    unsupported: list[Unsupported] = Field(default_factory=list)
+
+
+@functools.lru_cache(maxsize=None)
+def framework_declarations(framework: str) -> Located | None:
+    """A framework's declarations file, validated (None: it has none)."""
+    path = builtin_spec_dir() / "frameworks" / f"{framework}.yaml"
+    if not path.is_file():
+        return None
+    located = load_yaml_file(path)
+    try:
+        FrameworkDeclarations.model_validate(located.data)
+    except ValidationError as exc:
+        raise _from_pydantic(exc, located) from None
+    for i, entry in enumerate(located.data.get("unsupported") or []):
+        if entry.get("when") is not None:
+            _located_expression(located, ("unsupported", i, "when"), entry["when"], None)
+    return located
+
+
+def with_framework_declarations(located: Located, hyperparameters: Any = None) -> Located:
+    """Each framework section of a spec (a framework's, or a target's that
+    runs on one) with its framework's `unsupported` declarations appended,
+    those whose `when` reads only hyperparameters the rule has; an error in
+    one names the declarations file, its key path and line."""
+    data = located.data
+    if not isinstance(data, dict):
+        return located
+    sections, names = data.get("frameworks"), data.get("hyperparameters") if hyperparameters is None else hyperparameters
+    if not isinstance(sections, dict) or not isinstance(names, (dict, set, frozenset)):
+        return located
+    sections = dict(sections)
+    lines, origins, renames = dict(located.lines), dict(located.origins), dict(located.renames)
+    for fw, section in sections.items():
+        if not isinstance(section, dict):
+            continue
+        runs_on = fw if fw in FRAMEWORKS else section.get("framework")
+        decl = framework_declarations(runs_on) if runs_on in FRAMEWORKS else None
+        if decl is None:
+            continue
+        own = list(section.get("unsupported") or [])
+        for i, entry in enumerate(decl.data.get("unsupported") or []):
+            when = entry.get("when")
+            reads = compile_expression(when).names if when is not None else set()
+            if not reads <= set(names) or any(e.get("when") == when and not e.get("modes") for e in own if isinstance(e, dict)):
+                continue  # (the rule lacks the option, or the section says it itself)
+            at = ("frameworks", fw, "unsupported", len(own))
+            own.append(entry)
+            for p, line in decl.lines.items():
+                if p[:2] == ("unsupported", i):
+                    lines[at + p[2:]] = line
+            origins[at], renames[at] = decl.file, ("unsupported", i)
+        sections[fw] = {**section, "unsupported": own}
+    return replace(located, data={**data, "frameworks": sections}, lines=lines, origins=origins, renames=renames)
+
+
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
     rule = path.stem
     if not _RULE_NAME.match(rule):
         raise SourceError(path, (), None, f"the file name gives the rule name; {rule!r} must match {_RULE_NAME.pattern}")
-    located = _located_spec(path)
+    located = with_framework_declarations(_located_spec(path))
     try:
         model = SpecModel.model_validate(located.data)
     except ValidationError as exc:
@@ -643,7 +713,7 @@ def extend_spec(base: Spec, path: str | Path) -> Spec:
     variants and domains, and one more column per target, each checked
     against `base` with errors located in the user's file."""
     path = Path(path)
-    located = load_yaml_file(path)
+    located = with_framework_declarations(load_yaml_file(path), set(base.hyperparameters))
     try:
         model = ExtensionModel.model_validate(located.data)
     except ValidationError as exc:

@@ -80,6 +80,9 @@ class Located:
     file: str
     #: key path -> the file of that subtree, where it is not `file`
     origins: dict[KeyPath, str] = field(default_factory=dict)
+    #: key path -> the key path that subtree has in its own file (`origins`),
+    #: where it was placed elsewhere (a framework-wide declaration)
+    renames: dict[KeyPath, KeyPath] = field(default_factory=dict)
 
     def line_of(self, path: KeyPath) -> int | None:
         """Line of `path`, or of its nearest ancestor that exists."""
@@ -100,7 +103,15 @@ class Located:
         return self.file
 
     def error(self, path: KeyPath, message: str) -> SourceError:
-        return SourceError(self.file_of(path), path, self.line_of(path), message)
+        return SourceError(self.file_of(path), self.path_in_file(path), self.line_of(path), message)
+
+    def path_in_file(self, path: KeyPath) -> KeyPath:
+        """`path` as the file it came from spells it (`renames`)."""
+        path = tuple(path)
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.renames:
+                return self.renames[path[:n]] + path[n:]
+        return path
 
 
 def inherit(parent: Located, child: Located, by_name: Iterable[str], drop: Iterable[str] = ()) -> Located:
@@ -115,16 +126,21 @@ def inherit(parent: Located, child: Located, by_name: Iterable[str], drop: Itera
     lines: dict[KeyPath, int] = {(): child.lines.get((), 1)}
     origins: dict[KeyPath, str] = {}
 
+    renames: dict[KeyPath, KeyPath] = {}
+
     def take(src: Located, path: KeyPath) -> None:
         n = len(path)
         for p, line in src.lines.items():
             if p[:n] == path:
                 lines[p] = line
-        if src is parent:
+        for p, r in src.renames.items():
+            if p[:n] == path:
+                renames[p] = r
+        for p, f in src.origins.items():
+            if p[:n] == path:
+                origins[p] = f
+        if src is parent and path not in origins:
             origins[path] = parent.file_of(path)
-            for p, f in parent.origins.items():
-                if p[:n] == path:
-                    origins[p] = f
 
     for key in [*parent.data, *(k for k in child.data if k not in parent.data)]:
         if key in drop:
@@ -151,7 +167,7 @@ def inherit(parent: Located, child: Located, by_name: Iterable[str], drop: Itera
         else:
             data[key] = theirs
             take(parent, (key,))
-    return Located(data, lines, child.file, origins)
+    return Located(data, lines, child.file, origins, renames)
 
 
 def load_yaml(text: str, file: str | Path) -> Located:

@@ -216,3 +216,46 @@ def test_adamw_inherits_adams_hyperparameters_state_and_precision_variants():
     assert "decoupled_weight_decay" not in adamw.variants and "coupled_weight_decay" in adamw.variants
     assert [eq.source for eq in adamw.step][-1] == "p = p * (1 - lr * weight_decay) + u"
     assert not any(fw == "mxnet" for fw, _ in adamw.modes)
+
+
+# ---- framework-wide declarations (specs/frameworks/<framework>.yaml), written once
+
+def test_every_section_of_a_framework_without_maximize_refuses_it_from_one_declaration():
+    from conformance.registry import FRAMEWORKS
+
+    said = {"tensorflow": "Keras and TF1 optimizers have no maximize option", "jax": "optax has no maximize option",
+            "mxnet": "mxnet optimizers have no maximize option"}
+    checked = 0
+    for spec in load_catalog():
+        if "maximize" not in spec.hyperparameters:
+            continue
+        for (fw, mode_name), mode in spec.modes.items():
+            if mode.unsupported_reason(dict(spec.defaults)) is not None:
+                continue  # (the defaults are refused for another reason: v1 Adagrad's initial_accumulator_value 0)
+            if mode.runs_on in said:
+                hp = {**spec.defaults, "maximize": True}
+                assert mode.unsupported_reason(hp) == said[mode.runs_on], (spec.rule, fw, mode_name)
+                checked += 1
+            elif mode.runs_on == "torch":
+                assert mode.unsupported_reason({**spec.defaults, "maximize": True}) != said.get("tensorflow")
+    assert checked > 50 and set(said) <= set(FRAMEWORKS)
+    for spec_file in builtin_spec_dir().glob("*.yaml"):
+        assert "no maximize option" not in spec_file.read_text(), f"{spec_file.name} repeats a framework-wide declaration"
+
+
+def test_an_error_in_a_framework_declaration_names_its_file_key_path_and_line(tmp_path, monkeypatch):
+    from conformance import spec as spec_module
+
+    (tmp_path / "frameworks").mkdir()
+    text = "summary: x\nunsupported:\n  - when: maximize and\n    reason: broken\n"
+    (tmp_path / "frameworks" / "jax.yaml").write_text(text)
+    monkeypatch.setattr(spec_module, "builtin_spec_dir", lambda: tmp_path)
+    spec_module.framework_declarations.cache_clear()
+    try:
+        with pytest.raises(SourceError) as exc:
+            load_spec(builtin_spec_dir() / "sgd.yaml")
+        e = exc.value
+        assert e.file.endswith("frameworks/jax.yaml") and e.line == 3 and e.path == ("unsupported", 0, "when")
+        assert "syntax error" in e.message
+    finally:
+        spec_module.framework_declarations.cache_clear()
