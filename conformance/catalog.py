@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .spec import Spec, builtin_spec_dir, extend_spec, extension_of, load_spec
+from .spec import Spec
+from .specload import builtin_spec_dir, extend_spec, extension_of, load_spec
 from .yamlsource import SourceError
 
 

@@ -28,7 +28,7 @@ from .replay import case_for, replay_data
 from .report import write_report
 from .results import clear_run, read_records, sparse_semantics, summarize, write_summary
 from .session import add_options, discover_pythons, option_argv, Options, parse_frameworks, parse_pythons, remember_seed, Session
-from .spec import load_spec
+from .specload import load_spec
 from .terminal import failing_cells, print_answer, print_cells, print_sparse
 from .yamlsource import SourceError
 

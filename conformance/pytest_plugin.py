@@ -19,7 +19,6 @@ workers, and every worker writes its own results file into
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 

@@ -39,7 +39,7 @@ OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
     ("--dtypes", "--dtypes", dict(dest="dtypes", metavar="LIST", help="comma-separated dtypes: float16,bfloat16,float32,float64")),
     ("--gradients", "--gradients", dict(dest="gradients", metavar="LIST", help="comma-separated gradient kinds: dense, sparse, sparse~dense (default: all)")),
     ("--examples", "--examples", dict(dest="examples", type=int, metavar="N", help="generated cases per cell (default: the profile's)")),
-    ("--profile", "--conformance-profile", dict(dest="conformance_profile", default=None, choices=sorted(PROFILES), help=f"hypothesis profile: ci (default), dev or thorough")),
+    ("--profile", "--conformance-profile", dict(dest="conformance_profile", default=None, choices=sorted(PROFILES), help="hypothesis profile: ci (default), dev or thorough")),
     ("--seed", "--conformance-seed", dict(dest="conformance_seed", type=lambda v: v if v == "last" else int(v), metavar="N|last", help="hypothesis seed (default: the ci profile's fixed seed 0, so CI draws the same cases every run; random, printed, for the dev and thorough profiles); last: the previous run's seed here")),
     ("--shard", "--shard", dict(dest="shard", metavar="K/N", help="run only shard K of N (cells split by a hash of their id)")),
     ("--max-steps", "--max-steps", dict(dest="max_steps", type=int, metavar="N", help="most optimizer steps per case (default 20)")),

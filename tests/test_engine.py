@@ -27,7 +27,7 @@ from conformance.execution import InProcessHost, WorkerHost
 from conformance.cells import Cell
 from conformance.driver import PROFILES, run_cell
 from conformance.judging import execute
-from conformance.spec import load_spec
+from conformance.specload import load_spec
 from conformance.case import Case
 
 torch = pytest.importorskip("torch")

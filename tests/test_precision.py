@@ -30,7 +30,7 @@ from conformance.results import cell_fails, summarize
 from conformance.cells import Cell
 from conformance.driver import PROFILES, run_cell
 from conformance.judging import execute
-from conformance.spec import load_spec
+from conformance.specload import load_spec
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 

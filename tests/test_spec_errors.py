@@ -9,7 +9,7 @@ import pytest
 
 from conformance.catalog import builtin_spec_dir, load_catalog
 from conformance.cli import main
-from conformance.spec import load_spec
+from conformance.specload import load_spec
 from conformance.yamlsource import SourceError
 
 GOOD = (builtin_spec_dir() / "sgd.yaml").read_text()
@@ -244,7 +244,7 @@ def test_every_section_of_a_framework_without_maximize_refuses_it_from_one_decla
 
 
 def test_an_error_in_a_framework_declaration_names_its_file_key_path_and_line(tmp_path, monkeypatch):
-    from conformance import spec as spec_module
+    from conformance import specload as spec_module
 
     (tmp_path / "frameworks").mkdir()
     text = "summary: x\nunsupported:\n  - when: maximize and\n    reason: broken\n"

@@ -13,7 +13,7 @@ from conformance import catalog as catalog_module
 from conformance.catalog import builtin_spec_dir, load_catalog
 from conformance.cli import main
 from conformance.outcomes import CONFORMS, CRASH, DIVERGES
-from conformance.cells import Cell, Selection
+from conformance.cells import Selection
 from conformance.driver import PROFILES
 from conformance.session import Options, Session
 from conformance.yamlsource import SourceError
