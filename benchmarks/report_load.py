@@ -29,7 +29,7 @@ from conformance.catalog import load_catalog
 from conformance.compare import classify
 from conformance.kernel import run_case
 from conformance.report import write_report
-from conformance.results import summarize
+from conformance.summary import summarize
 from conformance.cells import Cell
 from conformance.records import Record
 from conformance.tolerance import Trajectory

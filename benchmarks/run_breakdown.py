@@ -21,7 +21,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from conformance.results import _result_files, summarize
+from conformance.results import _result_files
+
+from conformance.summary import summarize
 from conformance.report import write_report
 
 

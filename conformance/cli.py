@@ -26,7 +26,8 @@ from .progress import Counter, Display, FILE as PROGRESS_FILE, watch
 from .registry import availability, entry, foreign_module, FRAMEWORKS, package_versions, REFERENCE, worker_package_versions, worker_python
 from .replay import case_for, replay_data
 from .report import write_report
-from .results import clear_run, read_records, sparse_semantics, summarize, write_summary
+from .results import clear_run, read_records
+from .summary import sparse_semantics, summarize, write_summary
 from .session import add_options, discover_pythons, option_argv, Options, parse_frameworks, parse_pythons, remember_seed, Session
 from .specload import load_spec
 from .terminal import failing_cells, print_answer, print_cells, print_sparse

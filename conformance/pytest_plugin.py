@@ -28,7 +28,7 @@ from .catalog import builtin_spec_dir, load_catalog
 from .cells import Cell
 from .registry import availability
 from .report import write_report
-from .results import write_summary
+from .summary import write_summary
 from .session import Options, Session, add_options, remember_seed
 from .strategies import settle_local_constants
 from .terminal import cell_link

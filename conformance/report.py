@@ -46,7 +46,7 @@ from .evidence import case_evidence
 from .outcomes import NOT_RUN, OUTCOMES
 from .registry import FRAMEWORKS
 from .reproducer import script
-from .results import answer
+from .summary import answer
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("conformance", "templates"),

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from .results import answer, cell_fails
+from .summary import answer, cell_fails
 
 WIDTH = 132  # a wide terminal's line: entries longer than this are cut with an ellipsis
 

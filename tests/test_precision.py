@@ -26,7 +26,7 @@ from conformance.dtypes import round_to
 from conformance.execution import InProcessHost
 from conformance.gate import baseline, compare as gate_compare
 from conformance.precision import EXACT, NONFINITE, PRECISION_LOSS, STALLED, degenerate, pieces
-from conformance.results import cell_fails, summarize
+from conformance.summary import cell_fails, summarize
 from conformance.cells import Cell
 from conformance.driver import PROFILES, run_cell
 from conformance.judging import execute

@@ -15,7 +15,7 @@ from conformance.compare import classify
 from conformance.evidence import case_evidence
 from conformance.kernel import run_case
 from conformance.report import render
-from conformance.results import summarize
+from conformance.summary import summarize
 from conformance.cells import Cell
 from conformance.records import Record
 from conformance.tolerance import Trajectory

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conformance.report import write_report
-from conformance.results import summarize
+from conformance.summary import summarize
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HOSTILE = '</script><script>alert("x")</script><img src=x onerror=alert(1)> & "quotes"'

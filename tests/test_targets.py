@@ -91,7 +91,7 @@ def test_a_target_found_by_spec_runs_beside_the_framework_and_conforms(user, tmp
         session.close()
     # the report says which module the target imported, from where
     from conformance.report import write_report
-    from conformance.results import write_summary
+    from conformance.summary import write_summary
 
     html = Path(write_report(out, write_summary(out), load_catalog([specs]))).read_text()
     assert "a target, run by torch" in html and "imported: team_optim (no version)" in html and str(code / "team_optim.py") in html
