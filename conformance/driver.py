@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any, Callable
 
 from hypothesis import HealthCheck, Phase, given, seed as hseed, settings as hsettings
@@ -60,10 +59,14 @@ PROFILES: dict[str, Profile] = {
 }
 DEFAULT_PROFILE = "ci"
 
-
-
-# ---------------------------------------------------------------------------
-# One cell
+#: hypothesis' settings for every cell (the examples and the database vary)
+_SETTINGS: dict[str, Any] = dict(
+    deadline=None,
+    derandomize=False,
+    print_blob=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example, HealthCheck.filter_too_much],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+)
 
 
 class CaseFailed(AssertionError):
@@ -72,8 +75,6 @@ class CaseFailed(AssertionError):
     def __init__(self, record: Record):
         super().__init__(record.reason)
         self.record = record
-
-
 
 
 Sink = Callable[[Record], None]
@@ -97,95 +98,102 @@ def run_cell(
     A `pinned~candidate` cell runs its second side on `other_host`."""
     t0 = time.perf_counter()
     strategies.settle_local_constants()  # (so that a seed draws the same cases whatever ran before)
-    result = CellResult(cell, fail_on=frozenset(fail_on))
-    cross = cell.is_cross
-    first = cell.first
-    mode = spec.mode(first.framework, first.mode)
-    run_one = partial(execute_cross, other_host=other_host) if cross else execute
+    run = _CellRun(spec, cell, host, other_host, sink, timeout, CellResult(cell, fail_on=frozenset(fail_on)))
+    if run.can_start():
+        run.fixed_cases()
+        n = examples if examples is not None else profile.max_examples
+        if n > 0:
+            run.generated_cases(profile, seed, n, database)
+    run.result.seconds = time.perf_counter() - t0
+    return run.result
 
-    def keep(record: Record) -> None:
-        result.records.append(record)
-        if sink is not None:
-            sink(record)
 
-    side_hosts = tuple(zip(cell.sides(), (host, other_host or host))) if cross else ((cell, host),)
-    for side, side_host in side_hosts:
-        described = side_host.describe()
-        if described.status != "ok":
-            result.skipped = None
-            where = f" ({side.env})" if side.env else ""
-            keep(Record(cell=cell, outcome=CRASH, reason=f"the {cell.framework}{where} adapter cannot start: {described.reason}", detail=described.detail))
-            result.seconds = time.perf_counter() - t0
-            return result
-        device = (described.result.get("devices") or {}).get(side.device) or {}
-        if not device.get("available"):
-            result.skipped = device.get("reason") or f"device {side.device} is not available to {cell.framework}"
-            result.seconds = time.perf_counter() - t0
-            return result
+class _CellRun:
+    """One cell's run: its hosts, its records as they come, and how one case runs."""
 
-    if cell.sparse and mode.sparse.semantics == "unsupported":
-        result.skipped = mode.unsupported_reason({}, sparse=True)
-        result.seconds = time.perf_counter() - t0
-        return result
+    def __init__(self, spec: Spec, cell: Cell, host: Any, other_host: Any, sink: Sink | None, timeout: float | None, result: CellResult):
+        self.spec, self.cell, self.host, self.other_host = spec, cell, host, other_host
+        self.sink, self.timeout, self.result = sink, timeout, result
+        self.first = cell.first
+        self.mode = spec.mode(self.first.framework, self.first.mode)
 
-    for path in spec.cases:
-        case = retarget(Case.load(path), first, mode)
-        if case is None:
-            continue
-        record = run_one(spec, cell, case, host, timeout=timeout)
-        keep(replace(record, kind=FIXED, source=path))
+    def keep(self, record: Record) -> None:
+        self.result.records.append(record)
+        if self.sink is not None:
+            self.sink(record)
 
-    state = {"failed": False, "hung": None}
+    def run(self, case: Case, fingerprint: bool = True) -> Record:
+        if self.cell.is_cross:
+            return execute_cross(self.spec, self.cell, case, self.host, timeout=self.timeout, other_host=self.other_host)
+        return execute(self.spec, self.cell, case, self.host, timeout=self.timeout, fingerprint=fingerprint)
 
-    def check(case: Case) -> None:
-        if state["hung"] is not None:
-            # The framework hung on an earlier case of this cell; running
-            # more would only wait out more timeouts.
-            raise CaseFailed(replace(state["hung"], case=case, phase=SHRINK))
-        if cross:
-            record = run_one(spec, cell, case, host, timeout=timeout)
-        else:
-            record = execute(spec, cell, case, host, timeout=timeout, fingerprint=not state["failed"])
-        record = replace(record, phase=SHRINK if state["failed"] else GENERATE)
-        keep(record)
-        if record.fails(result.fail_on):
-            if record.outcome == CRASH and record.reason.startswith("hung"):
-                state["hung"] = record
-            state["failed"] = True
-            raise CaseFailed(record)
+    def can_start(self) -> bool:
+        """Whether every side's adapter starts and has the device; if not, the
+        cell is a crash (an adapter that cannot start) or skipped, with why."""
+        cell = self.cell
+        sides = tuple(zip(cell.sides(), (self.host, self.other_host or self.host))) if cell.is_cross else ((cell, self.host),)
+        for side, side_host in sides:
+            described = side_host.describe()
+            if described.status != "ok":
+                where = f" ({side.env})" if side.env else ""
+                self.keep(Record(cell=cell, outcome=CRASH, reason=f"the {cell.framework}{where} adapter cannot start: {described.reason}",
+                                 detail=described.detail))
+                return False
+            device = (described.result.get("devices") or {}).get(side.device) or {}
+            if not device.get("available"):
+                self.result.skipped = device.get("reason") or f"device {side.device} is not available to {cell.framework}"
+                return False
+        if cell.sparse and self.mode.sparse.semantics == "unsupported":
+            self.result.skipped = self.mode.unsupported_reason({}, sparse=True)
+            return False
+        return True
 
-    n = examples if examples is not None else profile.max_examples
-    limits = strategies.Limits(profile.max_steps, profile.max_size)
-    strategy = strategies.cases(spec, mode, device=first.device, dtype=cell.dtype, limits=limits, sparse=cell.sparse)
-    kwargs: dict[str, Any] = dict(
-        max_examples=max(n, 1),
-        deadline=None,
-        derandomize=False,
-        print_blob=False,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example, HealthCheck.filter_too_much],
-        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
-    )
-    if database != "default":
-        kwargs["database"] = database
-    elif profile.derandomized:
-        kwargs["database"] = None  # no replay of another run's failures: the same cases every run
-    test = hseed(seed)(hsettings(**kwargs)(given(strategy)(check)))
-    # Each cell keeps its own entries in the example database.
-    test.hypothesis.inner_test._hypothesis_internal_add_digest = cell.id.encode()
-    if n > 0:
+    def fixed_cases(self) -> None:
+        """The spec's pinned cases, as cases of this cell."""
+        for path in self.spec.cases:
+            case = retarget(Case.load(path), self.first, self.mode)
+            if case is not None:
+                self.keep(replace(self.run(case), kind=FIXED, source=path))
+
+    def generated_cases(self, profile: Profile, seed: int, n: int, database: Any) -> None:
+        """`n` hypothesis cases from `seed`; the first failure shrinks to a minimal case."""
+        cell, result = self.cell, self.result
+        state: dict[str, Any] = {"failed": False, "hung": None}
+
+        def check(case: Case) -> None:
+            if state["hung"] is not None:
+                # The framework hung on an earlier case of this cell; running
+                # more would only wait out more timeouts.
+                raise CaseFailed(replace(state["hung"], case=case, phase=SHRINK))
+            record = replace(self.run(case, fingerprint=not state["failed"]), phase=SHRINK if state["failed"] else GENERATE)
+            self.keep(record)
+            if record.fails(result.fail_on):
+                if record.outcome == CRASH and record.reason.startswith("hung"):
+                    state["hung"] = record
+                state["failed"] = True
+                raise CaseFailed(record)
+
+        limits = strategies.Limits(profile.max_steps, profile.max_size)
+        strategy = strategies.cases(self.spec, self.mode, device=self.first.device, dtype=cell.dtype, limits=limits, sparse=cell.sparse)
+        settings = dict(_SETTINGS, max_examples=n)
+        if database != "default":
+            settings["database"] = database
+        elif profile.derandomized:
+            settings["database"] = None  # no replay of another run's failures: the same cases every run
+        test = hseed(seed)(hsettings(**settings)(given(strategy)(check)))
+        # Each cell keeps its own entries in the example database.
+        test.hypothesis.inner_test._hypothesis_internal_add_digest = cell.id.encode()
         try:
             test()
         except CaseFailed as failure:
             minimal = replace(failure.record, phase=MINIMAL)
-            if not cross and minimal.verdict is not None and not minimal.verdict.fingerprint and minimal.outcome != CRASH:
+            if not cell.is_cross and minimal.verdict is not None and not minimal.verdict.fingerprint and minimal.outcome != CRASH:
                 # Shrink-phase records skip the fingerprint search; do it for the minimal case.
-                minimal = replace(execute(spec, cell, minimal.case, host, timeout=timeout), phase=MINIMAL)
+                minimal = replace(self.run(minimal.case), phase=MINIMAL)
             result.minimal = minimal
-            keep(minimal)
+            self.keep(minimal)
         except HypothesisException as exc:
             result.error = f"hypothesis: {type(exc).__name__}: {exc}"
         except Exception as exc:  # a bug of ours must not end the run either
             result.error = f"{type(exc).__name__}: {exc}"
-            keep(Record(cell=cell, outcome=CRASH, reason=f"harness error: {result.error}", detail=traceback.format_exc()))
-    result.seconds = time.perf_counter() - t0
-    return result
+            self.keep(Record(cell=cell, outcome=CRASH, reason=f"harness error: {result.error}", detail=traceback.format_exc()))
