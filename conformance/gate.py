@@ -206,15 +206,7 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
         if c["outcome"] in (DIVERGES, CRASH):
             add("changed", cid, "pinned", "candidate",
                 f"the candidate computes other values than the pinned version on identical cases, beyond the tolerance ({same})", True)
-    compared = [c for c in pairs.values() if c.get("compared")]
-    side = {
-        "cells": len(compared),
-        "bit_identical": sum(1 for c in compared if c.get("bit_identical", 0) == c["compared"]),
-        "within_tolerance": sum(1 for c in compared if c["outcome"] in (CONFORMS, KNOWN) and c.get("bit_identical", 0) != c["compared"]),
-        "changed": sum(1 for c in compared if c["outcome"] in (DIVERGES, CRASH)),
-        "cases": sum(c["compared"] for c in compared),
-        "bit_identical_cases": sum(c.get("bit_identical", 0) for c in compared),
-    } if pairs else None
+    side = _side_by_side_counts(pairs) if pairs else None
 
     # A baseline whose cases were drawn by another scheme (this tool changed how
     # it draws from a seed) holds other cases: which variants they showed and
@@ -230,47 +222,13 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
         if r is None:
             add("disappeared", cid, b["outcome"], None, "the cell is not in the run (renamed mode, dropped option, or not selected)", True)
             continue
-        rb, rr = severity(b["outcome"]), severity(r["outcome"])
-        if rr > rb:
-            why = "a new crash" if r["outcome"] == CRASH else f"the outcome got worse ({b['outcome']} -> {r['outcome']})"
-            add("worse", cid, b["outcome"], r["outcome"], why, True)
-        elif rr < rb:
-            add("better", cid, b["outcome"], r["outcome"], f"the outcome improved ({b['outcome']} -> {r['outcome']})", False)
-        # A side that crashed or did not run produced no values: its variants
-        # and precision are not compared, only its outcome (above).
-        produced = not {b["outcome"], r["outcome"]} & {NOT_RUN, CRASH, UNSUPPORTED} and not draws_differ
         # On identical cases, a pinned~candidate pair within the tolerance says
         # that both versions computed the same values: a flipped variant or
         # precision label is then the classification of a case that barely tells
         # the variants apart (float16), not a change, and is noted only.
         pair = pairs.get(_pair_id(b)) if own_pinned else None
-        same_values = pair is not None and pair.get("compared") and pair["outcome"] in (CONFORMS, KNOWN)
-        also = "; the two versions computed the same values within the tolerance on identical cases (pinned~candidate), so not failed" if same_values else ""
-        # (conforms <-> known-divergence changes the matched variants too)
-        if b["variants"] != r["variants"] and rr <= rb and produced:
-            add("semantics", cid, ", ".join(b["variants"]) or "canonical", ", ".join(r["variants"]) or "canonical",
-                "the variants the cases follow changed (the semantics changed)" + also, not same_values)
-        fixed = sorted(set(b.get("known_issues") or ()) - set(r.get("known_issues") or ()))
-        if fixed and produced:
-            version = r.get("version") or "the run's version"
-            for issue in fixed:
-                add("fixed", cid, "known issue", "no longer reproduces",
-                    f"fixed in {version}: the declared known issue no longer reproduces ({issue[:160]}); the spec's declaration is stale", False)
-        if "precision" in b and "precision" in r and produced:
-            new = sorted(set(r["precision"]) - set(b["precision"]))
-            gone = sorted(set(b["precision"]) - set(r["precision"]))
-            if new or (r.get("precision_undeclared") and not b.get("precision_undeclared")):
-                add("precision", cid, ", ".join(b["precision"]) or "exact", ", ".join(r["precision"]) or "exact",
-                    "the precision changed: " + (f"new finding(s) {', '.join(new)}" if new else "an undeclared precision finding")
-                    + " against the exact rule" + also, not same_values)
-            elif gone:
-                add("precision", cid, ", ".join(b["precision"]), ", ".join(r["precision"]) or "exact",
-                    f"the precision improved ({', '.join(gone)} no longer found)", False)
-        wb, wr = _num(b.get("worst_ulp")), _num(r.get("worst_ulp"))
-        if Cell.from_json(b).crosses("gradients") or draws_differ:
-            wb = None  # the sparse~dense oracle's error is the declared sparse difference, not rounding (other cases: nothing to compare)
-        if wb is not None and wr is not None and abs(wr - wb) > 1 and (max(wr, wb) > 2 * max(min(wr, wb), 1e-300)):
-            add("numerics", cid, f"{wb:.3g} ulp", f"{wr:.3g} ulp", "the worst error moved (a different rounding path, within the tolerance)", False)
+        same_values = bool(pair is not None and pair.get("compared") and pair["outcome"] in (CONFORMS, KNOWN))
+        _compare_cell(add, cid, b, r, draws_differ, same_values)
     for cid in sorted(set(run["cells"]) - set(base["cells"])):
         add("new", cid, None, run["cells"][cid]["outcome"], "a cell the baseline does not have", False)
     for key, before in sorted(base.get("defaults", {}).items()):
@@ -288,6 +246,59 @@ def compare(base: dict[str, Any] | None, run: dict[str, Any], frameworks: Any = 
         "side_by_side": side,
         "not_selected": unselected,
     }
+
+
+def _side_by_side_counts(pairs: dict[str, Any]) -> dict[str, int]:
+    """How the pinned~candidate cells compared the two versions on identical cases."""
+    compared = [c for c in pairs.values() if c.get("compared")]
+    return {
+        "cells": len(compared),
+        "bit_identical": sum(1 for c in compared if c.get("bit_identical", 0) == c["compared"]),
+        "within_tolerance": sum(1 for c in compared if c["outcome"] in (CONFORMS, KNOWN) and c.get("bit_identical", 0) != c["compared"]),
+        "changed": sum(1 for c in compared if c["outcome"] in (DIVERGES, CRASH)),
+        "cases": sum(c["compared"] for c in compared),
+        "bit_identical_cases": sum(c.get("bit_identical", 0) for c in compared),
+    }
+
+
+def _compare_cell(add: Any, cid: str, b: dict[str, Any], r: dict[str, Any], draws_differ: bool, same_values: bool) -> None:
+    """The entries of one cell present in the baseline (`b`) and the run (`r`):
+    outcome, semantics, fixed known issues, precision and numerics."""
+    rb, rr = severity(b["outcome"]), severity(r["outcome"])
+    if rr > rb:
+        why = "a new crash" if r["outcome"] == CRASH else f"the outcome got worse ({b['outcome']} -> {r['outcome']})"
+        add("worse", cid, b["outcome"], r["outcome"], why, True)
+    elif rr < rb:
+        add("better", cid, b["outcome"], r["outcome"], f"the outcome improved ({b['outcome']} -> {r['outcome']})", False)
+    # A side that crashed or did not run produced no values: its variants
+    # and precision are not compared, only its outcome (above).
+    produced = not {b["outcome"], r["outcome"]} & {NOT_RUN, CRASH, UNSUPPORTED} and not draws_differ
+    also = "; the two versions computed the same values within the tolerance on identical cases (pinned~candidate), so not failed" if same_values else ""
+    # (conforms <-> known-divergence changes the matched variants too)
+    if b["variants"] != r["variants"] and rr <= rb and produced:
+        add("semantics", cid, ", ".join(b["variants"]) or "canonical", ", ".join(r["variants"]) or "canonical",
+            "the variants the cases follow changed (the semantics changed)" + also, not same_values)
+    fixed = sorted(set(b.get("known_issues") or ()) - set(r.get("known_issues") or ()))
+    if fixed and produced:
+        version = r.get("version") or "the run's version"
+        for issue in fixed:
+            add("fixed", cid, "known issue", "no longer reproduces",
+                f"fixed in {version}: the declared known issue no longer reproduces ({issue[:160]}); the spec's declaration is stale", False)
+    if "precision" in b and "precision" in r and produced:
+        new = sorted(set(r["precision"]) - set(b["precision"]))
+        gone = sorted(set(b["precision"]) - set(r["precision"]))
+        if new or (r.get("precision_undeclared") and not b.get("precision_undeclared")):
+            add("precision", cid, ", ".join(b["precision"]) or "exact", ", ".join(r["precision"]) or "exact",
+                "the precision changed: " + (f"new finding(s) {', '.join(new)}" if new else "an undeclared precision finding")
+                + " against the exact rule" + also, not same_values)
+        elif gone:
+            add("precision", cid, ", ".join(b["precision"]), ", ".join(r["precision"]) or "exact",
+                f"the precision improved ({', '.join(gone)} no longer found)", False)
+    wb, wr = _num(b.get("worst_ulp")), _num(r.get("worst_ulp"))
+    if Cell.from_json(b).crosses("gradients") or draws_differ:
+        wb = None  # the sparse~dense oracle's error is the declared sparse difference, not rounding (other cases: nothing to compare)
+    if wb is not None and wr is not None and abs(wr - wb) > 1 and (max(wr, wb) > 2 * max(min(wr, wb), 1e-300)):
+        add("numerics", cid, f"{wb:.3g} ulp", f"{wr:.3g} ulp", "the worst error moved (a different rounding path, within the tolerance)", False)
 
 
 def changelog(result: dict[str, Any]) -> str:

@@ -33,75 +33,9 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
     counts: dict[str, Counter] = defaultdict(Counter)
     for r in records:
         cid = r["cell"]
-        c = cells.get(cid)
-        if c is None:
-            cell = Cell.from_json(r)
-            c = cells[cid] = {
-                "id": cid,
-                **cell.to_json(),
-                "gradients": cell.gradients,
-                "env": cell.env,  # side by side: "" (pinned) or "candidate"; `cross` for the two compared
-                "cross": cell.cross.to_json() if cell.cross is not None else None,
-                "version": r.get("version"),
-                # labelled with the versions of each environment
-                "env_label": cell.label("env") if cell.crosses("env") else env_labels.get((cell.framework, cell.env)),
-                "bit_identical": 0,
-                "outcome": None,
-                "counts": {},
-                "matched_variants": {},
-                "fingerprints": {},
-                "known_issues": {},
-                "stale": 0,
-                "examples": 0,
-                "seconds": 0.0,
-                "unsupported_reasons": {},
-                "crash_reasons": {},
-                "worst": None,
-                # the precision axis: worst outcome, counts, causes, size
-                "precision": None,
-                "precision_counts": {},
-                "precision_causes": {},
-                "precision_undeclared": 0,
-                "precision_worst": None,
-                # elements the precision axis could not judge, and why (never silent)
-                "precision_unjudged": {},
-                "showcase": None,
-                "minimal": None,
-                "skipped": None,
-            }
-        if "cell_status" in r:
-            c["skipped"] = r["reason"]
-            continue
-        c["seconds"] += r.get("seconds", 0.0)
-        if r.get("phase") == "minimal":
-            c["minimal"] = r
-            continue
-        if r.get("phase") == "shrink":
-            continue
-        outcome = r["outcome"]
-        counts[cid][outcome] += 1
-        c["examples"] += 1
-        if outcome == UNSUPPORTED:
-            _bump(c["unsupported_reasons"], r.get("reason", ""))
-        if outcome == CRASH:
-            _bump(c["crash_reasons"], r.get("reason", ""))
-        if r.get("matched_variant"):
-            _bump(c["matched_variants"], r["matched_variant"])
-        for f in r.get("fingerprint") or []:
-            _bump(c["fingerprints"], f)
-        if r.get("known_issue"):
-            _bump(c["known_issues"], r["known_issue"])
-        if r.get("stale"):
-            c["stale"] += 1
-        if r.get("bit_identical"):
-            c["bit_identical"] += 1
-        _precision_of(c, r)
-        if "case" in r and outcome == KNOWN and r.get("matched_variant") and _shows_better(r, c["showcase"]):
-            c["showcase"] = r  # a case that shows the declared variant (see ResultWriter.write)
-        if "case" in r and r.get("against_expected"):
-            margin = _float(r["against_expected"].get("margin"))
-            if c["worst"] is None or margin > _float(c["worst"]["against_expected"].get("margin")):
-                c["worst"] = r
+        if cid not in cells:
+            cells[cid] = _new_cell(cid, r, env_labels)
+        _add_record(cells[cid], counts[cid], r)
     for cid, c in cells.items():
         seen = [o for o in PRECISION_OUTCOMES if c["precision_counts"].get(o)]
         c["precision"] = seen[0] if seen else None
@@ -111,35 +45,116 @@ def summarize(directories: Iterable[str | Path]) -> dict[str, Any]:
         if c["worst"] is not None:
             w = c["worst"]["against_expected"]
             c["worst_errors"] = {k: w.get(k) for k in ("max_abs_error", "max_rel_error", "max_ulp_error", "margin")}
+    ordered = sorted(cells.values(), key=lambda c: c["id"])
+    by_env = _by_environment(records)
+    return {
+        "schema": SCHEMA,
+        "sources": [str(d) for d in directories],
+        "environments": envs,
+        "versions": _versions(envs),
+        "totals": dict(Counter(c["outcome"] for c in ordered)),
+        "precision_totals": dict(Counter(c["precision"] for c in ordered if c["precision"])),
+        "failed": sorted(c["id"] for c in ordered if cell_fails(c)),
+        "cells": ordered,
+        "semantics": _semantics(by_env),
+        "precision": precision_table(ordered),
+        "sparse": sparse_semantics(by_env),
+        "defaults": _defaults(envs),
+    }
+
+
+def _new_cell(cid: str, r: dict[str, Any], env_labels: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """A cell's summary entry before its first record is added."""
+    cell = Cell.from_json(r)
+    return {
+        "id": cid,
+        **cell.to_json(),
+        "gradients": cell.gradients,
+        "env": cell.env,  # side by side: "" (pinned) or "candidate"; `cross` for the two compared
+        "cross": cell.cross.to_json() if cell.cross is not None else None,
+        "version": r.get("version"),
+        # labelled with the versions of each environment
+        "env_label": cell.label("env") if cell.crosses("env") else env_labels.get((cell.framework, cell.env)),
+        "bit_identical": 0,
+        "outcome": None,
+        "counts": {},
+        "matched_variants": {},
+        "fingerprints": {},
+        "known_issues": {},
+        "stale": 0,
+        "examples": 0,
+        "seconds": 0.0,
+        "unsupported_reasons": {},
+        "crash_reasons": {},
+        "worst": None,
+        # the precision axis: worst outcome, counts, causes, size
+        "precision": None,
+        "precision_counts": {},
+        "precision_causes": {},
+        "precision_undeclared": 0,
+        "precision_worst": None,
+        # elements the precision axis could not judge, and why (never silent)
+        "precision_unjudged": {},
+        "showcase": None,
+        "minimal": None,
+        "skipped": None,
+    }
+
+
+def _add_record(c: dict[str, Any], counts: Counter, r: dict[str, Any]) -> None:
+    """One record into its cell's entry (a skipped cell's status, a minimal case, or a counted case)."""
+    if "cell_status" in r:
+        c["skipped"] = r["reason"]
+        return
+    c["seconds"] += r.get("seconds", 0.0)
+    if r.get("phase") == "minimal":
+        c["minimal"] = r
+        return
+    if r.get("phase") == "shrink":
+        return
+    outcome = r["outcome"]
+    counts[outcome] += 1
+    c["examples"] += 1
+    if outcome == UNSUPPORTED:
+        _bump(c["unsupported_reasons"], r.get("reason", ""))
+    if outcome == CRASH:
+        _bump(c["crash_reasons"], r.get("reason", ""))
+    if r.get("matched_variant"):
+        _bump(c["matched_variants"], r["matched_variant"])
+    for f in r.get("fingerprint") or []:
+        _bump(c["fingerprints"], f)
+    if r.get("known_issue"):
+        _bump(c["known_issues"], r["known_issue"])
+    if r.get("stale"):
+        c["stale"] += 1
+    if r.get("bit_identical"):
+        c["bit_identical"] += 1
+    _precision_of(c, r)
+    if "case" in r and outcome == KNOWN and r.get("matched_variant") and _shows_better(r, c["showcase"]):
+        c["showcase"] = r  # a case that shows the declared variant (see ResultWriter.write)
+    if "case" in r and r.get("against_expected"):
+        margin = _float(r["against_expected"].get("margin"))
+        if c["worst"] is None or margin > _float(c["worst"]["against_expected"].get("margin")):
+            c["worst"] = r
+
+
+def _versions(envs: list[dict[str, Any]]) -> dict[str, Any]:
     versions = {}
     for env in envs:
         for fw, info in (env.get("frameworks") or {}).items():
             versions[fw] = info.get("versions") if isinstance(info, dict) else info
+    return versions
+
+
+def _defaults(envs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each framework's measured defaults, once per (rule, framework, mode, hyperparameter, argument)."""
     defaults: dict[tuple, dict[str, Any]] = {}
     for env in envs:
         for fw, info in (env.get("frameworks") or {}).items():
             for row in (info.get("defaults") or []) if isinstance(info, dict) else []:
                 # (a candidate environment's are its own: "tensorflow@candidate")
                 defaults[(row.get("rule"), fw, row.get("mode"), row.get("hyperparameter"), row.get("argument"))] = dict(row, framework=fw)
-    ordered = sorted(cells.values(), key=lambda c: c["id"])
-    by_env = _by_environment(records)
-    semantics = _semantics(by_env)
-    sparse = sparse_semantics(by_env)
-    totals = Counter(c["outcome"] for c in ordered)
-    return {
-        "schema": SCHEMA,
-        "sources": [str(d) for d in directories],
-        "environments": envs,
-        "versions": versions,
-        "totals": dict(totals),
-        "precision_totals": dict(Counter(c["precision"] for c in ordered if c["precision"])),
-        "failed": sorted(c["id"] for c in ordered if cell_fails(c)),
-        "cells": ordered,
-        "semantics": semantics,
-        "precision": precision_table(ordered),
-        "sparse": sparse,
-        "defaults": [defaults[k] for k in sorted(defaults, key=lambda k: tuple(str(x) for x in k))],
-    }
+    return [defaults[k] for k in sorted(defaults, key=lambda k: tuple(str(x) for x in k))]
 
 
 def _precision_of(c: dict[str, Any], r: dict[str, Any]) -> None:
