@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
 from .expr import FUNCTIONS, Equation, ExprError, Expression, compile_expression, parse_equation
 from .registry import FRAMEWORKS, foreign_module
 from .spec import LAZY, ModeConfig, Spec, Variant, _apply_variant
-from .specschema import _RULE_NAME, STEP_INPUTS, ExtensionModel, FrameworkDeclarations, SpecModel
+from .specschema import _RULE_NAME, STEP_INPUTS, ExtensionModel, FrameworkDeclarations, FrameworkModel, ModeModel, SpecModel
 from .yamlsource import KeyPath, Located, SourceError, inherit, load_yaml_file
 
 #: A spec that `inherits: RULE` takes that rule's spec (a file beside it) and
@@ -339,9 +339,52 @@ def _variants(models, step, base_known, readonly, hp_names, state_names, src, ex
     return variants
 
 
+@dataclass(frozen=True)
+class _RuleNames:
+    """What a framework section is checked against: the rule's names, and
+    where to say what is wrong (`src`, `expr` compiling a located expression)."""
+
+    hyperparameters: set[str]
+    state: set[str]
+    variants: dict[str, Variant]
+    src: Located
+    expr: Callable[..., Expression]
+
+
+@dataclass(frozen=True)
+class _ModeSource:
+    """One mode of a framework section: the mode's own keys, falling back to the section's."""
+
+    rule: _RuleNames
+    framework: str
+    name: str
+    section: FrameworkModel
+    mode: ModeModel
+
+    @property
+    def base(self) -> KeyPath:
+        return ("frameworks", self.framework)
+
+    @property
+    def path(self) -> KeyPath:
+        return self.base + ("modes", self.name)
+
+    def pick(self, key: str) -> tuple[Any, KeyPath]:
+        """The mode's own `key` where it gives one, else the section's, with the path it is written at."""
+        own = getattr(self.mode, key)
+        return (own, self.path + (key,)) if own is not None else (getattr(self.section, key), self.base + (key,))
+
+    def error(self, path: KeyPath, message: str) -> SourceError:
+        return self.rule.src.error(path, message)
+
+    def when(self, path: KeyPath, source: str | None) -> Expression | None:
+        return self.rule.expr(path, source, self.rule.hyperparameters) if source is not None else None
+
+
 def _framework_modes(sections, hp_names, state_names, variants, src, expr, file) -> dict[tuple[str, str], ModeConfig]:
     """Every mode of every framework section (a framework's, or a user's
     target's that names the framework running it)."""
+    rule = _RuleNames(hp_names, state_names, variants, src, expr)
     modes: dict[tuple[str, str], ModeConfig] = {}
     for fw, section in sections.items():
         base = ("frameworks", fw)
@@ -359,110 +402,117 @@ def _framework_modes(sections, hp_names, state_names, variants, src, expr, file)
         if fw != adapter and not _TARGET_NAME.match(fw):
             raise src.error(base, f"a target's name is a column and part of cell ids: {fw!r} must match {_TARGET_NAME.pattern}")
         for mode_name, mm in section.modes.items():
-            mpath = base + ("modes", mode_name)
+            m = _ModeSource(rule, fw, mode_name, section, mm)
             if not _TARGET_NAME.match(mode_name):
-                raise src.error(mpath, f"a mode's name is part of cell ids: {mode_name!r} must match {_TARGET_NAME.pattern}")
-            config = _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, src, base, mpath, expr)
-            optimizer_path = mpath + ("optimizer",) if mm.optimizer else base + ("optimizer",)
+                raise m.error(m.path, f"a mode's name is part of cell ids: {mode_name!r} must match {_TARGET_NAME.pattern}")
+            config = _mode_config(m)
             imports = foreign_module(adapter, config.optimizer)
-            modes[(fw, mode_name)] = replace(config, adapter=adapter if adapter != fw else "", imports=imports, file=src.file_of(base) if file == src.file else file)
             if imports is not None and fw == adapter:
-                raise src.error(
-                    optimizer_path,
+                raise m.error(
+                    m.pick("optimizer")[1],
                     f"{config.optimizer!r} is not {fw}'s own optimizer: a third-party or in-house optimizer is a target"
                     f" of its own, a section with a name of its own and `framework: {fw}`",
                 )
+            where = src.file_of(base) if file == src.file else file
+            modes[(fw, mode_name)] = replace(config, adapter=adapter if adapter != fw else "", imports=imports, file=where)
     return modes
 
 
-def _mode_config(fw, mode_name, section, mm, hp_names, state_names, variants, src, base, mpath, expr) -> ModeConfig:
-    known = FRAMEWORKS[section.framework or fw].modes
-    own = section.framework is not None and section.framework != fw  # a target: its optimizer is its own
-    if known and mode_name not in known and mm.optimizer is None and mm.args is None and not own:
-        raise src.error(
-            mpath,
-            f"unknown mode {mode_name!r} for {fw}: its adapter selects {', '.join(known)} by name;"
+def _mode_config(m: _ModeSource) -> ModeConfig:
+    """One mode, every mapping and condition checked against the rule's names."""
+    section, mm = m.section, m.mode
+    known = FRAMEWORKS[section.framework or m.framework].modes
+    own = section.framework is not None and section.framework != m.framework  # a target: its optimizer is its own
+    if known and m.name not in known and mm.optimizer is None and mm.args is None and not own:
+        raise m.error(
+            m.path,
+            f"unknown mode {m.name!r} for {m.framework}: its adapter selects {', '.join(known)} by name;"
             " a mode of another name must set its own optimizer or args",
         )
-    args_src = mm.args if mm.args is not None else section.args
-    args_path = mpath + ("args",) if mm.args is not None else base + ("args",)
-    args: dict[str, Any] = {}
-    for native, value in args_src.items():
-        # An argument may be None (a framework's "off", e.g. optax momentum=None).
-        if isinstance(value, list):
-            args[native] = tuple(expr(args_path + (native, i), v, hp_names, True) for i, v in enumerate(value))
-        else:
-            args[native] = expr(args_path + (native,), value, hp_names, True)
-    state = mm.state if mm.state is not None else section.state
-    for native, canonical in state.items():
-        # "-b": the framework stores the negated slot (e.g. a velocity kept
-        # as a negative step); the comparison negates it back.
-        if canonical.removeprefix("-") not in state_names:
-            where = mpath if mm.state is not None else base
-            raise src.error(where + ("state", native), f"{canonical!r} is not a state slot of this rule")
-    defaults = mm.defaults if mm.defaults is not None else section.defaults
-    for name in defaults:
-        if name not in hp_names:
-            where = mpath if mm.defaults is not None else base
-            raise src.error(where + ("defaults", name), f"{name!r} is not a hyperparameter of this rule")
-    expect = mm.expect if mm.expect is not None else section.expect
-    for i, name in enumerate(expect):
-        if name not in variants:
-            where = mpath if mm.expect is not None else base
-            raise src.error(where + ("expect", i), f"unknown variant {name!r} (declared: {', '.join(variants)})")
-    unsupported = []
-    for i, u in enumerate(section.unsupported):
-        if u.modes is not None and mode_name not in u.modes:
-            continue
-        if u.modes is not None:
-            for j, m in enumerate(u.modes):
-                if m not in section.modes:
-                    raise src.error(base + ("unsupported", i, "modes", j), f"unknown mode {m!r}")
-        when = expr(base + ("unsupported", i, "when"), u.when, hp_names) if u.when is not None else None
-        unsupported.append((when, u.reason))
-    sparse = mm.sparse or section.sparse
-    spath = (mpath if mm.sparse is not None else base) + ("sparse",)
+    sparse, sparse_path = m.pick("sparse")
     for i, name in enumerate(sparse.expect):
-        if name not in variants:
-            raise src.error(spath + ("expect", i), f"unknown variant {name!r} (declared: {', '.join(variants)})")
-    sparse_unsupported = tuple(
-        (expr(spath + ("unsupported", i, "when"), u.when, hp_names) if u.when is not None else None, u.reason)
-        for i, u in enumerate(sparse.unsupported)
-        if u.modes is None or mode_name in u.modes
-    )
+        if name not in m.rule.variants:
+            raise m.error(sparse_path + ("expect", i), f"unknown variant {name!r} (declared: {', '.join(m.rule.variants)})")
+    known_issues = [(i, k) for i, k in enumerate(section.known_issues) if k.modes is None or m.name in k.modes]
     return ModeConfig(
-        framework=fw,
-        mode=mode_name,
+        framework=m.framework,
+        mode=m.name,
         optimizer=mm.optimizer or section.optimizer,
         source=mm.source or section.source,
-        args=args,
-        state=dict(state),
-        defaults=dict(defaults),
-        expect=tuple(expect),
-        unsupported=tuple(unsupported),
+        args=_args(m),
+        state=_state(m),
+        defaults=_names_of(m, "defaults", m.rule.hyperparameters, "is not a hyperparameter of this rule"),
+        expect=_expect(m),
+        unsupported=_unsupported(m),
         sparse=sparse,
-        sparse_unsupported=sparse_unsupported,
-        sparse_lazy_when=expr(spath + ("lazy_when",), sparse.lazy_when, hp_names) if sparse.lazy_when is not None else None,
+        sparse_unsupported=tuple(
+            (m.when(sparse_path + ("unsupported", i, "when"), u.when), u.reason)
+            for i, u in enumerate(sparse.unsupported)
+            if u.modes is None or m.name in u.modes
+        ),
+        sparse_lazy_when=m.when(sparse_path + ("lazy_when",), sparse.lazy_when),
         devices=tuple(mm.devices) if mm.devices is not None else None,
         dtypes=tuple(mm.dtypes) if mm.dtypes is not None else None,
         note=mm.note or section.note,
         gradients=mm.gradients or "dense",
         hyperparameter_dtype=mm.hyperparameter_dtype or section.hyperparameter_dtype,
-        known_issues=tuple(k for k in section.known_issues if k.modes is None or mode_name in k.modes),
-        known_issue_whens=tuple(
-            expr(base + ("known_issues", i, "when"), k.when, hp_names) if k.when is not None else None
-            for i, k in enumerate(section.known_issues)
-            if k.modes is None or mode_name in k.modes
+        known_issues=tuple(k for _, k in known_issues),
+        known_issue_whens=tuple(m.when(m.base + ("known_issues", i, "when"), k.when) for i, k in known_issues),
+        input_dtypes=tuple(
+            (name, tuple(v) if isinstance(v, list) else (v,))
+            for name, v in _names_of(m, "input_dtypes", m.rule.hyperparameters, "is not a hyperparameter of this rule").items()
         ),
-        input_dtypes=tuple(_input_dtypes(mm, section, hp_names, src, base, mpath).items()),
     )
 
 
-def _input_dtypes(mm, section, hp_names, src, base, mpath) -> dict[str, str]:
-    given = mm.input_dtypes if mm.input_dtypes is not None else section.input_dtypes
-    where = mpath if mm.input_dtypes is not None else base
-    for name in given:
-        if name not in hp_names:
-            raise src.error(where + ("input_dtypes", name), f"{name!r} is not a hyperparameter of this rule")
-    return {name: tuple(v) if isinstance(v, list) else (v,) for name, v in given.items()}
+def _args(m: _ModeSource) -> dict[str, Any]:
+    """Native argument -> compiled expression (a tuple for a list such as betas;
+    None may stand for a framework's "off", e.g. optax momentum=None)."""
+    given, path = m.pick("args")
+    args: dict[str, Any] = {}
+    for native, value in given.items():
+        if isinstance(value, list):
+            args[native] = tuple(m.rule.expr(path + (native, i), v, m.rule.hyperparameters, True) for i, v in enumerate(value))
+        else:
+            args[native] = m.rule.expr(path + (native,), value, m.rule.hyperparameters, True)
+    return args
 
+
+def _state(m: _ModeSource) -> dict[str, str]:
+    """Native slot -> canonical slot; "-b": the framework stores the negated
+    slot (a velocity kept as a negative step), which the comparison negates back."""
+    given, path = m.pick("state")
+    for native, canonical in given.items():
+        if canonical.removeprefix("-") not in m.rule.state:
+            raise m.error(path + (native,), f"{canonical!r} is not a state slot of this rule")
+    return dict(given)
+
+
+def _names_of(m: _ModeSource, key: str, names: set[str], what: str) -> dict[str, Any]:
+    """A mapping keyed by the rule's names (defaults, input_dtypes), each key checked."""
+    given, path = m.pick(key)
+    for name in given:
+        if name not in names:
+            raise m.error(path + (name,), f"{name!r} {what}")
+    return dict(given)
+
+
+def _expect(m: _ModeSource) -> tuple[str, ...]:
+    given, path = m.pick("expect")
+    for i, name in enumerate(given):
+        if name not in m.rule.variants:
+            raise m.error(path + (i,), f"unknown variant {name!r} (declared: {', '.join(m.rule.variants)})")
+    return tuple(given)
+
+
+def _unsupported(m: _ModeSource) -> tuple[tuple[Expression | None, str], ...]:
+    """The section's `unsupported` entries that apply to this mode, compiled."""
+    out = []
+    for i, u in enumerate(m.section.unsupported):
+        if u.modes is not None and m.name not in u.modes:
+            continue
+        for j, name in enumerate(u.modes or ()):
+            if name not in m.section.modes:
+                raise m.error(m.base + ("unsupported", i, "modes", j), f"unknown mode {name!r}")
+        out.append((m.when(m.base + ("unsupported", i, "when"), u.when), u.reason))
+    return tuple(out)

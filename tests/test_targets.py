@@ -158,6 +158,8 @@ def test_builtin_specs_never_name_a_module_outside_the_frameworks(tmp_path, monk
     fake.mkdir()
     data = yaml.safe_load((builtin_spec_dir() / "adamw.yaml").read_text())
     data["cases"] = []
+    parent = yaml.safe_load((builtin_spec_dir() / "adam.yaml").read_text())  # (adamw inherits adam)
+    (fake / "adam.yaml").write_text(yaml.safe_dump(dict(parent, cases=[])), encoding="utf-8")
     data["frameworks"]["sneaky.AdamW"] = dict(data["frameworks"]["torch"], framework="torch", optimizer="sneaky.AdamW")
     (fake / "adamw.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
     monkeypatch.setattr(catalog_module, "builtin_spec_dir", lambda: fake)
