@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from . import __version__
 from .case import Case
 from .catalog import Catalog, load_catalog, spec_files
-from .cells import column_order
+from .cells import Cell, column_order
 from .execution import make_host, WorkerHost
 from .expr import compile_expression
 from .gate import baseline, changelog, compare, read_baseline, write_gate
@@ -675,7 +675,7 @@ def _run_jobs(args: argparse.Namespace, options: Any, out: Path, run_id: str, jo
         for cid, c in by_env.items():
             case_file = shard_dir / f"minimal-{_safe(cid)}.json"
             if case_file.exists():
-                replays[cid] = _replay_command(c["framework"], c.get("env") or "", case_file, options)
+                replays[cid] = _replay_command(Cell.from_json(c), case_file, options)
     print_answer(summary, report=report, replays=replays, fail_on=options.fail_on, wall=time.perf_counter() - t0, verbose=getattr(args, "verbose", False))
     print(f"summary: {out / 'summary.json'}; shard logs: {out}/shard-*-of-{jobs}.log")
     broken = [k for k, c in codes.items() if c not in (0, 1)]

@@ -4,6 +4,7 @@ built-in specs, and imported only with the user's leave (`--allow-import`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,26 @@ def test_optax_and_keras_targets_follow_what_their_framework_computes(user, fram
         session.close()
     assert not result.failed, [(r.outcome, r.reason, r.detail[-600:]) for r in result.records if r.failing][:2]
     assert result.outcome in (CONFORMS, "known-divergence") and len(result.records) >= 6
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_failing_run_prints_a_replay_command_whose_case_fails_again(user, tmp_path, capsys, jobs):
+    """The end of a failing run names each failing cell's minimal case with the
+    command that replays it, under `--jobs 1` and in the parent of a `--jobs`
+    run (whose shards wrote the cases), and the case replays as that failure."""
+    specs, code = user
+    _module(code, "buggy_optim", planted_bug=True)
+    _target(specs, "buggy.AdamW", "buggy_optim.AdamW")
+    out = tmp_path / "out"
+    status = main(["run", "--specs", str(specs), "--rules", "adamw", "--frameworks", "buggy.AdamW", "--devices", "cpu",
+                   "--dtypes", "float32,float64", "--gradients", "dense", "--examples", "4", "--jobs", jobs, "--no-progress",
+                   "--allow-import", "buggy_optim", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert status == 1, text
+    commands = [line.split("conformance replay ", 1)[1].split()[0] for line in text.splitlines() if "conformance replay " in line]
+    assert len(commands) == 2, text  # float32 and float64
+    for case_file in commands:
+        assert Path(case_file).is_file()
+        assert main(["replay", case_file, "--json", "--specs", str(specs), "--allow-import", "buggy_optim"]) == 1
+        replayed = json.loads(capsys.readouterr().out)
+        assert replayed["outcome"] == "diverges" and replayed["first_divergent_step"] == 1
