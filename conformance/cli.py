@@ -20,7 +20,6 @@ from .case import Case
 from .catalog import Catalog, load_catalog, spec_files
 from .cells import Cell, column_order
 from .execution import make_host, WorkerHost
-from .expr import compile_expression
 from .gate import baseline, changelog, compare, read_baseline, write_gate
 from .progress import Counter, Display, FILE as PROGRESS_FILE, watch
 from .registry import availability, entry, foreign_module, FRAMEWORKS, package_versions, REFERENCE, worker_package_versions, worker_python
@@ -28,7 +27,8 @@ from .replay import case_for, replay_data
 from .report import write_report
 from .results import clear_run, read_records
 from .summary import sparse_semantics, summarize, write_summary
-from .session import add_options, discover_pythons, option_argv, Options, parse_frameworks, parse_pythons, remember_seed, Session
+from .quickcheck import check_section
+from .session import add_options, broken_workers, discover_pythons, option_argv, Options, parse_frameworks, parse_pythons, remember_seed, Session
 from .specload import load_spec
 from .terminal import failing_cells, print_answer, print_cells, print_sparse
 from .yamlsource import SourceError
@@ -380,7 +380,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     options = Options.from_namespace(args)
     options.with_default_frameworks(catalog)
     if options.shard is None:  # (the shards of a --jobs run were checked by their parent)
-        broken = _broken_workers(options)
+        broken = broken_workers(options)
         if broken:
             print(broken, file=sys.stderr)
             return EXIT_USAGE
@@ -452,70 +452,6 @@ def _replay_command(cell: Any, case_file: Path, options: Any) -> str:
     candidate = options.candidates.get(cell.framework)
     return (f"conformance replay {case_file} --json --python {cell.framework}={candidate}"
             + (" (and without --python for the pinned side)" if cell.crosses("env") else ""))
-
-
-def _broken_workers(options: Any) -> str | None:
-    """An environment that cannot start its worker is one clear error before
-    any cell runs: which interpreter, the tail of its stderr, how to rebuild it
-    (instead of every cell of that framework skipped as 'worker died')."""
-
-    selected = set(options.selection.frameworks or FRAMEWORKS)
-    envs = [(fw, python, "") for fw, python in options.pythons.items() if fw in selected]
-    envs += [(fw, python, " (--candidate)") for fw, python in options.candidates.items() if fw in selected]
-    problems = []
-    for fw, python, what in envs:
-        host = WorkerHost(fw, python=python)
-        try:
-            answer = host.describe()
-        finally:
-            host.close()
-        if answer.status != "ok":
-            tail = "\n".join("    " + line for line in (answer.detail or "").strip().splitlines()[-12:])
-            problems.append(
-                f"error: the {fw} worker environment{what} cannot start a worker: {python}\n  {answer.reason}"
-                + (f"\n  its stderr ends:\n{tail}" if tail else "")
-                + f"\n  rebuild it: conformance setup-worker {fw} --dir {Path(python).parent.parent}"
-                + (" -r REQUIREMENT..." if fw != "mxnet" else "")
-            )
-    return "\n".join(problems) or None
-
-
-def check_section(catalog: Catalog, rule: str, framework: str, path: str, accepted: dict[str, Any]) -> dict[str, Any]:
-    """The spec section of a quick check (`conformance check`): the built-in
-    section of `framework` for `rule` (its argument mapping), keeping the
-    arguments the target's constructor takes (`accepted`, introspected); a
-    hyperparameter that only a dropped argument carries is unsupported away
-    from its default. Parameters only (a library's state may hold other
-    quantities: write a spec section to compare state), dense gradients."""
-    spec = catalog.get(rule)
-    if framework not in spec.frameworks:
-        raise ValueError(f"rule {rule} has no {framework} section to take the argument mapping from")
-    base = spec.frameworks[framework]
-    args = {k: v for k, v in base.args.items() if k in accepted}
-    carried = {n for v in args.values() for x in (v if isinstance(v, list) else [v]) if isinstance(x, str) for n in _names(x)}
-    unsupported = []
-    for name, hp in spec.hyperparameters.items():
-        if name == "lr" or name in carried:
-            continue
-        when = (f"not {name}" if hp.default else name) if isinstance(hp.default, bool) else f"{name} != {hp.default!r}"
-        unsupported.append({"when": when, "reason": f"{path} takes no argument for {name} (its constructor's signature)"})
-    modes = {"forloop": {}, "foreach": {}} if framework == "torch" and "foreach" in accepted else {"default": {}}
-    return {
-        "framework": framework,
-        "optimizer": path,
-        "source": f"{path} (quick check: `conformance check {framework}:{path} --rule {rule}`)",
-        "args": args,
-        "state": {},
-        "modes": modes,
-        "expect": [],
-        "unsupported": unsupported,
-        "sparse": {"semantics": "unsupported", "note": "the quick check runs dense gradients; declare sparse semantics in a spec section to check them"},
-    }
-
-
-def _names(source: str) -> set[str]:
-
-    return set(compile_expression(source, None, allow_none=True).names)
 
 
 def cmd_check(args: argparse.Namespace, catalog: Catalog) -> int:

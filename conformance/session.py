@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 from .catalog import Catalog
 from .defaults import measure as measure_defaults
-from .execution import DEFAULT_TIMEOUT, TargetHost, make_host
+from .execution import DEFAULT_TIMEOUT, TargetHost, WorkerHost, make_host
 from .registry import FRAMEWORKS, availability, worker_python
 from .results import ResultWriter, environment, write_cell_status, write_environment
 from .cells import CANDIDATE, GRADIENTS, Cell, Selection, enumerate_cells, parse_shard, shard
@@ -377,3 +377,29 @@ class Session:
             self._environment["duration_s"] = round(time.time() - self._started, 1)
             write_environment(self.out, self.writer_name, self._environment)
             self._environment = None
+
+
+def broken_workers(options: Options) -> str | None:
+    """An environment that cannot start its worker is one clear error before
+    any cell runs: which interpreter, the tail of its stderr, how to rebuild it
+    (instead of every cell of that framework skipped as 'worker died')."""
+
+    selected = set(options.selection.frameworks or FRAMEWORKS)
+    envs = [(fw, python, "") for fw, python in options.pythons.items() if fw in selected]
+    envs += [(fw, python, " (--candidate)") for fw, python in options.candidates.items() if fw in selected]
+    problems = []
+    for fw, python, what in envs:
+        host = WorkerHost(fw, python=python)
+        try:
+            answer = host.describe()
+        finally:
+            host.close()
+        if answer.status != "ok":
+            tail = "\n".join("    " + line for line in (answer.detail or "").strip().splitlines()[-12:])
+            problems.append(
+                f"error: the {fw} worker environment{what} cannot start a worker: {python}\n  {answer.reason}"
+                + (f"\n  its stderr ends:\n{tail}" if tail else "")
+                + f"\n  rebuild it: conformance setup-worker {fw} --dir {Path(python).parent.parent}"
+                + (" -r REQUIREMENT..." if fw != "mxnet" else "")
+            )
+    return "\n".join(problems) or None
