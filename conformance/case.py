@@ -121,20 +121,7 @@ class Case:
             kind = e["type"]
             msg = {"extra_forbidden": "unknown key", "missing": "missing required key"}.get(kind, e["msg"])
             raise err(path, msg) from None
-        sides, cross = migrate_legacy_cross({"mode": m.mode, "device": m.device, "gradients": m.gradients})
-        if m.cross is not None:
-            if cross is not None:
-                raise err((cross.axis,), f"a cross case names its second side in `cross` only, not as {getattr(m, cross.axis)!r}")
-            if m.cross.axis not in ("mode", "device", "gradients"):
-                raise err(("cross", "axis"), f"a case crosses mode, device or gradients, not {m.cross.axis!r}")
-            cross = Cross(m.cross.axis, m.cross.other)
-        if sides["gradients"] is not None and sides["gradients"] not in PLAIN_GRADIENTS:
-            raise err(("gradients",), f"unknown gradient kind {m.gradients!r} (known: {', '.join(PLAIN_GRADIENTS)})")
-        if cross is not None and cross.axis == "gradients":
-            if (sides["gradients"], cross.other) != ("sparse", "dense"):
-                raise err(("cross",), "gradients cross as the sparse-vs-dense oracle only: gradients sparse, other dense")
-            if m.sparse_rows is None:
-                raise err(("cross",), "the sparse~dense oracle needs sparse_rows")
+        sides, cross = _sides(m, err)
         if m.framework != REFERENCE and m.framework not in FRAMEWORKS and not re.match(r"^[A-Za-z_][A-Za-z0-9_.]*$", m.framework):
             # (a user's target has a name of its own: the spec that declares it is checked at replay)
             raise err(("framework",), f"unknown framework {m.framework!r} (known: {REFERENCE}, {', '.join(FRAMEWORKS)}, or a target's name)")
@@ -144,21 +131,7 @@ class Case:
         if variant and m.framework != REFERENCE:
             raise err(("variant",), "a variant can only be asked of the reference kernel; frameworks run what they run")
         params = _array(m.params, ("params",), err)
-        values = None
-        if m.sparse_values is not None:
-            if m.sparse_rows is None:
-                raise err(("sparse_values",), "sparse_values need sparse_rows (the row of every slice)")
-            if len(m.sparse_values) != len(m.sparse_rows):
-                raise err(("sparse_values",), f"{len(m.sparse_values)} steps of slices for {len(m.sparse_rows)} row lists")
-            values = []
-            for i, (step_values, step_rows) in enumerate(zip(m.sparse_values, m.sparse_rows)):
-                a = np.zeros((len(step_rows),) + params.shape[1:]) if not step_values else _array(step_values, ("sparse_values", i), err)
-                if a.shape != (len(step_rows),) + params.shape[1:]:
-                    raise err(
-                        ("sparse_values", i),
-                        f"slices of shape {a.shape}, expected {(len(step_rows),) + params.shape[1:]} (one row per listed index)",
-                    )
-                values.append(round_to(a, m.dtype))
+        values = _slices(m, params, err)
         if m.grads is None:
             if values is None:
                 raise err(("grads",), "missing required key")
@@ -182,28 +155,7 @@ class Case:
             if len(m.lr_schedule) != steps:
                 raise err(("lr_schedule",), f"{len(m.lr_schedule)} learning rates for {steps} steps")
             lr = tuple(float(x) for x in m.lr_schedule)
-        rows = None
-        if m.sparse_rows is not None:
-            if params.ndim < 1:
-                raise err(("sparse_rows",), "sparse rows need a parameter with at least one dimension")
-            if len(m.sparse_rows) != steps:
-                raise err(("sparse_rows",), f"{len(m.sparse_rows)} row sets for {steps} steps")
-            n = params.shape[0]
-            for i, step_rows in enumerate(m.sparse_rows):
-                for j, r in enumerate(step_rows):
-                    if not 0 <= r < n:
-                        raise err(("sparse_rows", i, j), f"row {r} is outside 0..{n - 1}")
-                if values is None and len(set(step_rows)) != len(step_rows):
-                    raise err(("sparse_rows", i), "a row is listed twice: give its slices in sparse_values")
-                untouched = np.ones(n, dtype=bool)
-                untouched[list(step_rows)] = False
-                if np.any(grads_arr[i][untouched] != 0):
-                    raise err(("grads", i), "a row not listed in sparse_rows has a nonzero gradient")
-                if values is not None:
-                    total = _scatter_sum(params.shape, step_rows, values[i], m.dtype)
-                    if not np.array_equal(total, round_to(grads_arr[i], m.dtype)):
-                        raise err(("grads", i), "differs from the sum of the step's sparse_values (rounded to the dtype)")
-            rows = tuple(tuple(r) for r in m.sparse_rows)
+        rows = _rows(m, params, grads_arr, values, err) if m.sparse_rows is not None else None
         return cls(
             rule=m.rule,
             dtype=m.dtype,
@@ -343,3 +295,68 @@ def _array(value: Any, path, err) -> np.ndarray:
 
 
 __all__ = ["Case", "CaseError", "SliceTerms", "format_path"]
+
+
+def _sides(m: _CaseModel, err: Any) -> tuple[dict[str, Any], Cross | None]:
+    """The case's own mode, device and gradients, and the second side of a
+    cross case (`cross`, or the older form: "eager~xla" in one field)."""
+    sides, cross = migrate_legacy_cross({"mode": m.mode, "device": m.device, "gradients": m.gradients})
+    if m.cross is not None:
+        if cross is not None:
+            raise err((cross.axis,), f"a cross case names its second side in `cross` only, not as {getattr(m, cross.axis)!r}")
+        if m.cross.axis not in ("mode", "device", "gradients"):
+            raise err(("cross", "axis"), f"a case crosses mode, device or gradients, not {m.cross.axis!r}")
+        cross = Cross(m.cross.axis, m.cross.other)
+    if sides["gradients"] is not None and sides["gradients"] not in PLAIN_GRADIENTS:
+        raise err(("gradients",), f"unknown gradient kind {m.gradients!r} (known: {', '.join(PLAIN_GRADIENTS)})")
+    if cross is not None and cross.axis == "gradients":
+        if (sides["gradients"], cross.other) != ("sparse", "dense"):
+            raise err(("cross",), "gradients cross as the sparse-vs-dense oracle only: gradients sparse, other dense")
+        if m.sparse_rows is None:
+            raise err(("cross",), "the sparse~dense oracle needs sparse_rows")
+    return sides, cross
+
+
+def _slices(m: _CaseModel, params: np.ndarray, err: Any) -> list[np.ndarray] | None:
+    """`sparse_values`: per step one slice per listed row, rounded to the dtype."""
+    if m.sparse_values is None:
+        return None
+    if m.sparse_rows is None:
+        raise err(("sparse_values",), "sparse_values need sparse_rows (the row of every slice)")
+    if len(m.sparse_values) != len(m.sparse_rows):
+        raise err(("sparse_values",), f"{len(m.sparse_values)} steps of slices for {len(m.sparse_rows)} row lists")
+    values = []
+    for i, (step_values, step_rows) in enumerate(zip(m.sparse_values, m.sparse_rows)):
+        a = np.zeros((len(step_rows),) + params.shape[1:]) if not step_values else _array(step_values, ("sparse_values", i), err)
+        if a.shape != (len(step_rows),) + params.shape[1:]:
+            raise err(
+                ("sparse_values", i),
+                f"slices of shape {a.shape}, expected {(len(step_rows),) + params.shape[1:]} (one row per listed index)",
+            )
+        values.append(round_to(a, m.dtype))
+    return values
+
+
+def _rows(m: _CaseModel, params: np.ndarray, grads: np.ndarray, values: list[np.ndarray] | None, err: Any) -> tuple[tuple[int, ...], ...]:
+    """`sparse_rows`, checked against the parameter, the gradients and the slices."""
+    steps = len(grads)
+    if params.ndim < 1:
+        raise err(("sparse_rows",), "sparse rows need a parameter with at least one dimension")
+    if len(m.sparse_rows) != steps:
+        raise err(("sparse_rows",), f"{len(m.sparse_rows)} row sets for {steps} steps")
+    n = params.shape[0]
+    for i, step_rows in enumerate(m.sparse_rows):
+        for j, r in enumerate(step_rows):
+            if not 0 <= r < n:
+                raise err(("sparse_rows", i, j), f"row {r} is outside 0..{n - 1}")
+        if values is None and len(set(step_rows)) != len(step_rows):
+            raise err(("sparse_rows", i), "a row is listed twice: give its slices in sparse_values")
+        untouched = np.ones(n, dtype=bool)
+        untouched[list(step_rows)] = False
+        if np.any(grads[i][untouched] != 0):
+            raise err(("grads", i), "a row not listed in sparse_rows has a nonzero gradient")
+        if values is not None:
+            total = _scatter_sum(params.shape, step_rows, values[i], m.dtype)
+            if not np.array_equal(total, round_to(grads[i], m.dtype)):
+                raise err(("grads", i), "differs from the sum of the step's sparse_values (rounded to the dtype)")
+    return tuple(tuple(r) for r in m.sparse_rows)
