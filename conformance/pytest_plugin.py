@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 from .catalog import builtin_spec_dir, load_catalog
-from .cells import Cell
+from .cells import Cell, family
 from .registry import availability
+from .replay import case_for
 from .report import write_report
 from .summary import write_summary
 from .session import Options, Session, add_options, remember_seed
@@ -83,8 +84,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node: Any) -> None:  # pytest-xdist: one seed for all workers
+def pytest_configure_node(node: Any) -> None:  # pytest-xdist: one seed for all workers, families kept together
     node.workerinput["conformance_seed"] = node.config.stash[_KEY].options.seed
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's default `--dist load`, but a family's cells (cells.family)
+    go to one worker as one unit, as a `conformance run --jobs` shard keeps
+    them, so that they share their framework runs and references; every other
+    test is a unit of its own. (xdist's `loadgroup` marks cannot do this under
+    pytest 9, whose node ids they no longer rewrite.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # (only pytest-xdist calls this hook)
+
+    families = {cell.id: "-".join(family(cell)) for cell in config.stash[_KEY].session.cells()}
+
+    class FamilyScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return families.get(nodeid.rsplit("::", 1)[-1], nodeid)
+
+    return FamilyScheduling(config, log)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -193,7 +214,7 @@ class CellFailed(Exception):
                 lines.append(m.detail[-2000:])
             if m.case is not None:
                 lines.append("minimal case:")
-                lines.append(m.case.to_json())
+                lines.append(case_for(r.cell, m.case).to_json())  # (a cross cell's replays as the cross cell)
                 lines.append("replay: save the case above as case.json and run `conformance replay case.json --json`")
         if self.report is not None:
             lines.append(f"report: {cell_link(self.report, r.cell.id)} (written when the session ends)")

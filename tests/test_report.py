@@ -183,3 +183,32 @@ def test_defaults_of_an_optimizer_that_could_not_be_asked_do_not_break_the_table
     [table] = rule_tables({"defaults": rows})
     assert [c["key"] for c in table["default_columns"]] == ["torch/forloop"]
     assert [d["hyperparameter"] for d in table["defaults"]] == ["eps"]
+
+
+def test_pytest_xdist_keeps_a_family_in_one_worker(tmp_path):
+    """Under `pytest -n 2` a family's cells (a rule on one framework in one
+    dtype: cells.family) run in one worker, as a `conformance run --jobs`
+    shard keeps them, so that they share their framework runs and references."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    import pytest
+
+    from conformance.catalog import builtin_spec_dir
+
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("xdist") is None:
+        pytest.skip("torch or pytest-xdist is not installed")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", str(builtin_spec_dir() / "sgd.yaml"),
+           str(builtin_spec_dir() / "adagrad.yaml"), "--frameworks", "torch", "--dtypes", "float32,float64", "--devices", "cpu",
+           "--gradients", "dense", "--examples", "2", "--conformance-out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    workers: dict[tuple, set[str]] = {}
+    for f in out.glob("results-gw*.jsonl"):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            workers.setdefault((r["rule"], r["framework"], r["dtype"]), set()).add(f.name)
+    assert len(workers) == 4, workers  # sgd and adagrad, float32 and float64
+    assert all(len(files) == 1 for files in workers.values()), workers
