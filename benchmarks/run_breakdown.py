@@ -21,14 +21,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from conformance.results import _result_files
-
-from conformance.summary import summarize
+from conformance.cells import Cell
 from conformance.report import write_report
+from conformance.results import _result_files
+from conformance.summary import summarize
 
 
 def _cross(r: dict) -> bool:
-    return any("~" in str(r.get(k) or "") for k in ("mode", "device", "gradients", "env"))
+    return Cell.from_json(r).is_cross
 
 
 def breakdown(directory: Path) -> dict:

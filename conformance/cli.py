@@ -29,6 +29,7 @@ from .results import clear_run, read_records
 from .summary import sparse_semantics, summarize, write_summary
 from .quickcheck import check_section
 from .session import add_options, broken_workers, discover_pythons, option_argv, Options, parse_frameworks, parse_pythons, remember_seed, Session
+from .spec import LAZY
 from .specload import load_spec
 from .terminal import failing_cells, print_answer, print_cells, print_sparse
 from .yamlsource import SourceError
@@ -269,7 +270,7 @@ def sparse_data(catalog: Catalog, results: str) -> dict[str, Any]:
                 "mode": mode_name,
                 "optimizer": mode.optimizer,
                 "declared": mode.sparse.semantics + (f" (lazy when {mode.sparse.lazy_when})" if mode.sparse.lazy_when else ""),
-                "sparse_expect": [v for v in mode.sparse_expect() if v not in mode.expect and v != "lazy"],
+                "sparse_expect": [v for v in mode.sparse_expect() if v not in mode.expect and v != LAZY.name],
                 "cite": mode.sparse.cite,
                 "measured": m["measured"] if m else None,
                 "cases": m["cases"] if m else {},

@@ -27,7 +27,7 @@ import numpy as np
 from .case import Case
 from .dtypes import ulp
 from .outcomes import CONFORMS, DIVERGES, KNOWN, Outcome
-from .spec import Spec
+from .spec import LAZY, Spec
 from .tolerance import Reference, Tolerance, Trajectory, reference, tolerance_for
 
 
@@ -200,17 +200,17 @@ def classify(
     if case.sparse_rows is not None:
         # The same declared variants under the other sparse semantics: which
         # of the two the framework's untouched rows follow is measured per case.
-        toggled = tuple(v for v in expected if v != "lazy") if "lazy" in expected else expected + ("lazy",)
+        toggled = tuple(v for v in expected if v != LAZY.name) if LAZY.name in expected else expected + (LAZY.name,)
         vs_toggled = compare(observed, ref_of(toggled), case.dtype)
-        lazy_ok, dense_ok = (vs_expected.ok, vs_toggled.ok) if "lazy" in expected else (vs_toggled.ok, vs_expected.ok)
+        lazy_ok, dense_ok = (vs_expected.ok, vs_toggled.ok) if LAZY.name in expected else (vs_toggled.ok, vs_expected.ok)
         sparse = "either" if lazy_ok and dense_ok else "lazy" if lazy_ok else "dense" if dense_ok else "neither"
         if not vs_expected.ok and vs_toggled.ok:
             where = _where(vs_expected)
-            declared = "lazy" if "lazy" in expected else "dense"
+            declared = "lazy" if LAZY.name in expected else "dense"
             text = f"the untouched rows follow {sparse} sparse semantics, not the declared {declared} ({where})"
             if known_issue is not None:
                 return Verdict(KNOWN, expected, None, vs_expected, None, (toggled,), False, f"known issue: {known_issue.reason} ({where})", known_issue=known_issue.reason, sparse=sparse)
-            return Verdict(DIVERGES, expected, toggled, vs_expected, None, (("lazy",) if sparse == "lazy" else toggled,), False, text, sparse=sparse)
+            return Verdict(DIVERGES, expected, toggled, vs_expected, None, ((LAZY.name,) if sparse == "lazy" else toggled,), False, text, sparse=sparse)
     vs_canonical = None
     if expected:
         vs_canonical = compare(observed, ref_of(()), case.dtype)
@@ -284,7 +284,7 @@ def search_variants(
     max_size: int = 3,
 ) -> tuple[tuple[str, ...], ...]:
     """Every minimal combination of the spec's variants (in spec order) that matches."""
-    names = [n for n in spec.variants if n != "lazy" or case.sparse_rows is not None]
+    names = [n for n in spec.variants if n != LAZY.name or case.sparse_rows is not None]
     found: list[tuple[str, ...]] = []
     candidates: list[tuple[str, ...]] = [()] if exclude else []
     for size in range(1, min(max_size, len(names)) + 1):

@@ -36,7 +36,7 @@ from .tolerance import Reference, tolerance_for
 from .judging import build_request, observed_trajectories, skip_reason, stored_inputs
 from .outcomes import CONFORMS, CRASH, DIVERGES, KNOWN, UNSUPPORTED
 from .records import CROSS, Record
-from .spec import ModeConfig, Spec
+from .spec import LAZY, ModeConfig, Spec
 from .tolerance import Trajectory, shared_reference
 
 #: sparse~dense: a declared difference beyond EDGE x the bound must show, one
@@ -118,7 +118,7 @@ def _sparse_dense(spec: Spec, cell: Cell, mode: ModeConfig, case: Case, sparse: 
     the sparse path dense-equivalent (or where this case cannot tell), and
     different where the declared sparse behaviour differs for this case."""
     expect_sparse = mode.sparse_expect(spec.resolve(case.hyperparameters))
-    expect_dense = tuple(v for v in mode.expect if v != "lazy")
+    expect_dense = tuple(v for v in mode.expect if v != LAZY.name)
     # The dense rule on the sparse case: the kernel's noise model then knows
     # the repeated rows, whose slices either side may add in its own order.
     ref_dense = shared_reference(spec, case, expect_dense, tol, mode.hyperparameter_dtype)

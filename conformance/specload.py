@@ -184,7 +184,7 @@ def _build(rule: str, file: str, model: SpecModel, src: Located) -> Spec:
     if not any(eq.target == "p" for eq in step):
         raise src.error(("step",), "the step never assigns p (the parameter update)")
 
-    variants: dict[str, Variant] = {"lazy": LAZY}
+    variants: dict[str, Variant] = {LAZY.name: LAZY}
     variants.update(_variants(model.variants, step, base_known, readonly, hp_names, set(model.state), src, expr))
 
     modes = _framework_modes(model.frameworks, hp_names, set(model.state), variants, src, expr, file)
