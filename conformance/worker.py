@@ -17,6 +17,7 @@ BASE64}}` (little-endian float64 bytes, exact and fast); no pickle.
 
     -> {"op": "describe"}                 <- {"ok": {...}}
     -> {"op": "run", "request": {...}}    <- {"ok": {...}} | {"unsupported": "why"}
+       (the request's keys and the result's: conformance/protocol.py)
                                              | {"error": {"type", "message", "traceback"}}
     -> {"op": "defaults", "request": {"optimizer", "mode"}}
                                           <- {"ok": {native argument: default}} (introspected)
