@@ -128,9 +128,10 @@ class Cell:
         """Its (first side's) gradients are sparse."""
         return self.gradients != "dense"
 
-    def sort_key(self, targets: Mapping[str, str] = {}) -> tuple:
+    def sort_key(self, targets: Mapping[str, str] | None = None) -> tuple:
+        """Rule, framework (registry order, targets after theirs), mode, gradient kind, device, dtype."""
         return (
-            self.rule, column_order(self.framework, targets), self.label("mode"),
+            self.rule, column_order(self.framework, targets or {}), self.label("mode"),
             GRADIENTS.index(self.label("gradients")), self.label("device"), self.dtype, self.label("env"),
         )
 
