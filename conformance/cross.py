@@ -60,6 +60,7 @@ def execute_cross(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: flo
     if sparse_dense and case.sparse_rows is None:
         return Record(cell=cell, outcome=UNSUPPORTED, reason="the sparse-vs-dense oracle needs a sparse case", case=case, seconds=time.perf_counter() - t0)
     observed: list[Trajectory] = []
+    spent = 0.0  # the two sides' framework time (0 for an answer the host remembered)
     for side, name, side_host in ((first, left, host), (second, right, other_host or host)):
         side_mode = spec.mode(side.framework, side.mode)
         side_case = replace(case, mode=side.mode, device=side.device)
@@ -67,6 +68,7 @@ def execute_cross(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: flo
             side_case = replace(side_case, sparse_rows=None, sparse_values=None)
         request = build_request(spec, side_mode, side_case)
         answer = side_host.run(request, timeout)
+        spent += answer.seconds
         if answer.status != "ok":
             # A crash is reported by the side's own cell; here it only means
             # there is nothing to compare.
@@ -78,15 +80,17 @@ def execute_cross(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: flo
                 reason=f"{where} {status}: {answer.reason}",
                 case=case,
                 seconds=time.perf_counter() - t0,
+                framework_seconds=spent,
             )
         try:
             observed.append(observed_trajectories(side_mode, answer.result, case.steps, case.shape))
         except (KeyError, TypeError, ValueError) as exc:
-            return Record(cell=cell, outcome=CRASH, reason=f"the adapter's answer is malformed: {exc}", case=case, seconds=time.perf_counter() - t0)
+            return Record(cell=cell, outcome=CRASH, reason=f"the adapter's answer is malformed: {exc}", case=case,
+                          seconds=time.perf_counter() - t0, framework_seconds=spent)
     a, b = observed
     tol = tolerance_for(spec, case.dtype)
     if sparse_dense:
-        return _sparse_dense(spec, cell, mode, case, a, b, tol, t0)
+        return replace(_sparse_dense(spec, cell, mode, case, a, b, tol, t0), framework_seconds=spent)
     ref = shared_reference(spec, case, mode.expect, tol, mode.hyperparameter_dtype)
     # The first side stands in for the reference, with the reference's bound.
     state = {k: v for k, v in a.state.items() if k in b.state}
@@ -110,7 +114,7 @@ def execute_cross(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: flo
         outcome, text = KNOWN, f"known issue: {issue.reason} ({text})"
     verdict = Verdict(outcome, mode.expect, None, result, None, (), False, text, known_issue=issue.reason if issue and outcome == KNOWN else None)
     return Record(cell=cell, outcome=outcome, reason=text, kind=CROSS, verdict=verdict, case=case,
-                  seconds=time.perf_counter() - t0, observed=b, first_side=a, identical=identical)
+                  seconds=time.perf_counter() - t0, framework_seconds=spent, observed=b, first_side=a, identical=identical)
 
 
 def _sparse_dense(spec: Spec, cell: Cell, mode: ModeConfig, case: Case, sparse: Trajectory, dense: Trajectory, tol: Any, t0: float) -> Record:

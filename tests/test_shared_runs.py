@@ -69,6 +69,9 @@ def test_a_cross_cell_runs_its_sides_from_the_plain_cells_runs_with_the_same_ver
     assert generated and host.memo.hits - before >= 2 * len(generated)  # both sides of every generated case
     fresh = run_cell(spec, crossed, InProcessHost("torch"), profile=FAST, seed=3, examples=6, database=None)
     assert [(r.outcome, r.reason) for r in shared.records] == [(r.outcome, r.reason) for r in fresh.records]
+    # a cross case reports the framework time its sides spent: none where both were remembered
+    assert all(r.framework_seconds == 0.0 for r in generated)
+    assert all(r.framework_seconds > 0.0 for r in fresh.records if r.kind == "cross")
 
 
 def test_a_shared_reference_is_the_reference(catalog):
