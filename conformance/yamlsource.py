@@ -147,19 +147,21 @@ def inherit(parent: Located, child: Located, by_name: Iterable[str], drop: Itera
             continue
         mine, theirs = child.data.get(key), parent.data.get(key)
         if key in by_name and isinstance(mine, dict) and isinstance(theirs, dict):
+            # the parent's order, a replaced entry in its place, new entries after
+            # (the order is meaningful: hypothesis draws hyperparameters in it)
             merged: dict[str, Any] = {}
             lines[(key,)] = child.lines[(key,)]
-            for name, value in theirs.items():
-                if name not in mine:
+            for name, value in mine.items():
+                if value is None and name not in theirs:
+                    raise child.error((key, name), f"removes {name!r}, which {parent.file} does not define")
+            for name, value in [*theirs.items(), *((n, v) for n, v in mine.items() if n not in theirs)]:
+                if name in mine:
+                    if mine[name] is not None:
+                        merged[name] = mine[name]
+                        take(child, (key, name))
+                else:
                     merged[name] = value
                     take(parent, (key, name))
-            for name, value in mine.items():
-                if value is None:
-                    if name not in theirs:
-                        raise child.error((key, name), f"removes {name!r}, which {parent.file} does not define")
-                    continue
-                merged[name] = value
-                take(child, (key, name))
             data[key] = merged
         elif key in child.data:
             data[key] = mine

@@ -259,3 +259,12 @@ def test_an_error_in_a_framework_declaration_names_its_file_key_path_and_line(tm
         assert "syntax error" in e.message
     finally:
         spec_module.framework_declarations.cache_clear()
+
+
+def test_an_inherited_mapping_keeps_the_parents_order_with_replacements_in_place():
+    """Hypothesis draws hyperparameters in the spec's order: AdamW inheriting
+    Adam's must draw the cases it drew when it wrote them all itself."""
+    adamw = load_catalog().get("adamw")
+    assert list(adamw.hyperparameters) == ["lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "maximize"]
+    assert list(adamw.variants)[:3] == ["lazy", "epsilon_hat", "amsgrad_corrected_max"]  # replaced in place, removed ones gone
+    assert list(adamw.variants)[-1] == "coupled_weight_decay"  # a new entry after the inherited ones
