@@ -26,6 +26,7 @@ import numpy as np
 
 from .case import Case
 from .dtypes import ulp
+from .jsonnum import to_json
 from .outcomes import CONFORMS, DIVERGES, KNOWN, Outcome
 from .spec import LAZY, Spec
 from .tolerance import Reference, Tolerance, Trajectory, reference, tolerance_for
@@ -52,28 +53,18 @@ class Comparison:
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
-            "max_abs_error": _num(self.max_abs_error),
-            "max_rel_error": _num(self.max_rel_error),
-            "max_ulp_error": _num(self.max_ulp_error),
-            "margin": _num(self.margin),
+            "max_abs_error": to_json(self.max_abs_error),
+            "max_rel_error": to_json(self.max_rel_error),
+            "max_ulp_error": to_json(self.max_ulp_error),
+            "margin": to_json(self.margin),
             "bad_elements": self.bad_elements,
             "first_divergent_step": self.first_divergent_step,
             "slot": self.slot,
             "element": list(self.element) if self.element is not None else None,
-            "observed": _num(self.observed_value),
-            "expected": _num(self.expected_value),
-            "bound": _num(self.bound_value),
+            "observed": to_json(self.observed_value),
+            "expected": to_json(self.expected_value),
+            "bound": to_json(self.bound_value),
         }
-
-
-def _num(x: float | None) -> float | str | None:
-    """JSON has no inf/nan: write them as strings."""
-    if x is None:
-        return None
-    x = float(x)
-    if np.isfinite(x):
-        return x
-    return "nan" if np.isnan(x) else ("inf" if x > 0 else "-inf")
 
 
 def element_errors(obs: np.ndarray, exp: np.ndarray) -> np.ndarray:

@@ -21,7 +21,8 @@ import numpy as np
 
 from .case import Case
 from .cells import Cell
-from .compare import _num, compare, element_errors
+from .compare import compare, element_errors
+from .jsonnum import to_json
 from .tolerance import Reference, tolerance_for
 from .dtypes import ulp
 from .judging import stored_inputs
@@ -108,15 +109,15 @@ def per_step(observed: Trajectory, ref: Reference, dtype: str) -> dict[str, Any]
             if best is None:  # nothing judged at this step (non-finite reference everywhere)
                 for key in ("error", "bound", "error_ulp", "bound_ulp", "ratio", "where"):
                     out[key].append(None)
-                out["max_ulp"].append(_num(max_ulp))
+                out["max_ulp"].append(to_json(max_ulp))
                 continue
             r, name, i, d, b, u1 = best
-            out["error"].append(_num(d))
-            out["bound"].append(_num(b))
-            out["error_ulp"].append(_num(d / u1))
-            out["bound_ulp"].append(_num(b / u1))
-            out["max_ulp"].append(_num(max_ulp))
-            out["ratio"].append(_num(r))
+            out["error"].append(to_json(d))
+            out["bound"].append(to_json(b))
+            out["error_ulp"].append(to_json(d / u1))
+            out["bound_ulp"].append(to_json(b / u1))
+            out["max_ulp"].append(to_json(max_ulp))
+            out["ratio"].append(to_json(r))
             out["where"].append(name + (str([int(k) for k in np.unravel_index(i, shape)]) if shape else ""))
     return out
 
@@ -150,9 +151,9 @@ def trajectory(case: Case, observed: Trajectory, refs: References, slot: str, el
         values = t.params if slot == "p" else t.state.get(slot)
         if values is None:
             return []
-        return [_num(float(v[element])) for v in values]
+        return [to_json(float(v[element])) for v in values]
 
-    initial = [_num(float(case.params[element]))] if slot == "p" else None
+    initial = [to_json(float(case.params[element]))] if slot == "p" else None
     out: dict[str, Any] = {"slot": slot, "element": list(element), "start": 0 if slot == "p" else 1}
     out["framework"] = (initial or []) + series(observed)
     out["references"] = {name: (initial or []) + series(ref.values) for name, ref in refs.named.items()}

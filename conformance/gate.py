@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .cells import CANDIDATE, Cell, Cross, Selection
+from .jsonnum import from_json
 from .outcomes import CONFORMS, CRASH, DIVERGES, KNOWN, NOT_RUN, UNSUPPORTED, severity
 from .results import version_labels
 
@@ -106,15 +107,6 @@ def baseline(summary: dict[str, Any]) -> dict[str, Any]:
         "cells": cells,
         "defaults": defaults,
     }
-
-
-def _num(x: Any) -> float | None:
-    if x is None:
-        return None
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
 
 
 def _selected(cell: dict[str, Any], selections: list[dict[str, Any]]) -> bool:
@@ -294,7 +286,7 @@ def _compare_cell(add: Any, cid: str, b: dict[str, Any], r: dict[str, Any], draw
         elif gone:
             add("precision", cid, ", ".join(b["precision"]), ", ".join(r["precision"]) or "exact",
                 f"the precision improved ({', '.join(gone)} no longer found)", False)
-    wb, wr = _num(b.get("worst_ulp")), _num(r.get("worst_ulp"))
+    wb, wr = from_json(b.get("worst_ulp")), from_json(r.get("worst_ulp"))
     if Cell.from_json(b).crosses("gradients") or draws_differ:
         wb = None  # the sparse~dense oracle's error is the declared sparse difference, not rounding (other cases: nothing to compare)
     if wb is not None and wr is not None and abs(wr - wb) > 1 and (max(wr, wb) > 2 * max(min(wr, wb), 1e-300)):

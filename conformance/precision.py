@@ -58,7 +58,8 @@ import ml_dtypes
 import numpy as np
 
 from .case import Case
-from .compare import _num, compare, element_errors
+from .compare import compare, element_errors
+from .jsonnum import to_json
 from .tolerance import Reference, Rounding, Tolerance, Trajectory, reference, tolerance_for
 from .dtypes import PRECISION, numpy_dtype, round_through, round_to, ulp
 from .kernel import run as kernel_run, run_case
@@ -101,16 +102,16 @@ class PrecisionVerdict:
             "declared": self.declared,
             "cause": self.cause,
             "elements": self.elements,
-            "max_abs_error": _num(self.max_abs_error),
-            "max_rel_error": _num(self.max_rel_error),
-            "max_ulp_error": _num(self.max_ulp_error),
-            "margin": _num(self.margin),
+            "max_abs_error": to_json(self.max_abs_error),
+            "max_rel_error": to_json(self.max_rel_error),
+            "max_ulp_error": to_json(self.max_ulp_error),
+            "margin": to_json(self.margin),
             "first_step": self.first_step,
             "slot": self.slot,
             "element": list(self.element) if self.element is not None else None,
-            "observed": _num(self.observed_value),
-            "exact": _num(self.exact_value),
-            "bound": _num(self.bound_value),
+            "observed": to_json(self.observed_value),
+            "exact": to_json(self.exact_value),
+            "bound": to_json(self.bound_value),
             "out_of_range": self.out_of_range,
             "unjudged": dict(self.unjudged),
         }

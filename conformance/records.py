@@ -16,7 +16,8 @@ import numpy as np
 
 from .case import Case
 from .cells import Cell
-from .compare import Verdict, _num
+from .compare import Verdict
+from .jsonnum import to_json
 from .outcomes import CRASH, FAILING, UNSUPPORTED, Outcome, worst, worst_precision
 from .precision import PrecisionVerdict
 from .tolerance import Trajectory
@@ -139,7 +140,7 @@ def _plain(a: np.ndarray) -> Any:
     a = np.asarray(a, dtype=np.float64)
     if np.isfinite(a).all():
         return a.tolist()
-    return np.vectorize(_num, otypes=[object])(a).tolist()  # (JSON has no inf or nan: strings)
+    return np.vectorize(to_json, otypes=[object])(a).tolist()  # (JSON has no inf or nan: strings)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .cells import Cell
+from .jsonnum import size_of
 from .outcomes import CONFORMS, CRASH, EXACT, FAILING, FINDINGS, KNOWN, OUTCOMES, PRECISION_OUTCOMES, UNSUPPORTED
 from .registry import FRAMEWORKS
 from .results import SUMMARY, read_environments, read_versioned_records, version_labels
@@ -133,8 +134,8 @@ def _add_record(c: dict[str, Any], counts: Counter, r: dict[str, Any]) -> None:
     if "case" in r and outcome == KNOWN and r.get("matched_variant") and _shows_better(r, c["showcase"]):
         c["showcase"] = r  # a case that shows the declared variant (see ResultWriter.write)
     if "case" in r and r.get("against_expected"):
-        margin = _float(r["against_expected"].get("margin"))
-        if c["worst"] is None or margin > _float(c["worst"]["against_expected"].get("margin")):
+        margin = size_of(r["against_expected"].get("margin"))
+        if c["worst"] is None or margin > size_of(c["worst"]["against_expected"].get("margin")):
             c["worst"] = r
 
 
@@ -176,7 +177,7 @@ def _precision_of(c: dict[str, Any], r: dict[str, Any]) -> None:
             _bump(c["precision_causes"], f"UNDECLARED {p['outcome']}: {p.get('cause') or 'no declared precision explains it'}")
     if p["outcome"] == "precision-loss":
         w = c["precision_worst"]
-        if w is None or _float(p.get("max_rel_error")) > _float(w.get("max_rel_error")):
+        if w is None or size_of(p.get("max_rel_error")) > size_of(w.get("max_rel_error")):
             c["precision_worst"] = {k: p.get(k) for k in ("max_abs_error", "max_rel_error", "max_ulp_error", "margin")}
 
 
@@ -208,7 +209,7 @@ def precision_table(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["causes"][cause] = row["causes"].get(cause, 0) + n
         row["undeclared"] += c.get("precision_undeclared", 0)
         w = c.get("precision_worst")
-        if w and _float(w.get("max_rel_error")) > _float(row["max_rel_error"]):
+        if w and size_of(w.get("max_rel_error")) > size_of(row["max_rel_error"]):
             row["max_rel_error"], row["max_ulp_error"] = w.get("max_rel_error"), w.get("max_ulp_error")
     out = []
     for row in rows.values():
@@ -256,7 +257,7 @@ def answer(summary: dict[str, Any]) -> dict[str, Any]:
             group["dtypes"].append(r["dtype"])
         if r["mode"] not in group["modes"]:
             group["modes"].append(r["mode"])
-        group["max_rel_error"] = max(group["max_rel_error"], _float(r.get("max_rel_error")))
+        group["max_rel_error"] = max(group["max_rel_error"], size_of(r.get("max_rel_error")))
         group["causes"].update(r.get("causes") or {})
     frameworks: list[str] = []
     for _, fw in entries:
@@ -465,14 +466,6 @@ def _shows_better(r: dict[str, Any], than: dict[str, Any] | None) -> bool:
 
 def _bump(d: dict[str, int], key: str) -> None:
     d[key] = d.get(key, 0) + 1
-
-
-def _float(x: Any) -> float:
-    if x is None:
-        return 0.0
-    if isinstance(x, str):
-        return float("inf") if x in ("inf", "nan") else float(x)
-    return float(x)
 
 
 def write_summary(directory: str | Path, sources: Iterable[str | Path] | None = None) -> dict[str, Any]:
