@@ -33,7 +33,7 @@ from .case import Case
 from .cells import Cell
 from .compare import Verdict, compare
 from .tolerance import Reference, tolerance_for
-from .judging import build_request, observed_trajectories, skip_reason, stored_inputs
+from .judging import build_request, held_inputs, observed_trajectories
 from .outcomes import CONFORMS, CRASH, DIVERGES, KNOWN, UNSUPPORTED
 from .records import CROSS, Record
 from .spec import LAZY, ModeConfig, Spec
@@ -51,9 +51,7 @@ def execute_cross(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: flo
     first, second = cell.sides()
     left, right = cell.side_names()
     mode = spec.mode(first.framework, first.mode)
-    case = stored_inputs(spec, mode, case)
-    hp = spec.resolve(case.hyperparameters)
-    why = skip_reason(mode, case, hp)
+    case, hp, why = held_inputs(spec, mode, case)
     if why is not None:
         return Record(cell=cell, outcome=UNSUPPORTED, reason=why, case=case, seconds=time.perf_counter() - t0)
     sparse_dense = first.gradients != second.gradients

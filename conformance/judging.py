@@ -80,6 +80,14 @@ def stored_inputs(spec: Spec, mode: ModeConfig, case: Case) -> Case:
 
 
 
+def held_inputs(spec: Spec, mode: ModeConfig, case: Case) -> tuple[Case, dict[str, Any], str | None]:
+    """The case as the framework holds it (`stored_inputs`), its resolved
+    hyperparameters, and why the mode cannot run it (None: it can)."""
+    held = stored_inputs(spec, mode, case)
+    hp = spec.resolve(held.hyperparameters)
+    return held, hp, skip_reason(mode, held, hp)
+
+
 def skip_reason(mode: ModeConfig, case: Case, hp: dict[str, Any]) -> str | None:
     """Why this mode cannot run this case at all (an `unsupported` outcome), or None."""
     why = mode.unsupported_reason(hp, sparse=case.sparse_rows is not None)
@@ -153,9 +161,7 @@ def execute(spec: Spec, cell: Cell, case: Case, host: Any, *, timeout: float | N
     framework stores them (`stored_inputs`), the precision axis as given."""
     t0 = time.perf_counter()
     mode = spec.mode(cell.framework, cell.mode)
-    held = stored_inputs(spec, mode, case)
-    hp = spec.resolve(held.hyperparameters)
-    why = skip_reason(mode, held, hp)
+    held, hp, why = held_inputs(spec, mode, case)
     if why is not None:
         return Record(cell=cell, outcome=UNSUPPORTED, reason=why, case=case, seconds=time.perf_counter() - t0)
     answer = host.run(build_request(spec, mode, held), timeout)
