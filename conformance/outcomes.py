@@ -15,18 +15,13 @@ from typing import Iterable
 
 
 class Outcome(StrEnum):
-    """The semantics axis, worst first."""
+    """The semantics axis, worst first: a member's position is its rank."""
 
     CRASH = "crash"
     DIVERGES = "diverges"
     KNOWN = "known-divergence"
     CONFORMS = "conforms"
     UNSUPPORTED = "unsupported"
-
-    @property
-    def rank(self) -> int:
-        """0 for the worst (crash); a cell shows the lowest rank of its cases."""
-        return _OUTCOME_RANK[self]
 
     @property
     def failing(self) -> bool:
@@ -48,10 +43,6 @@ class PrecisionOutcome(StrEnum):
     STALLED = "stalled"
     PRECISION_LOSS = "precision-loss"
     EXACT = "exact"
-
-    @property
-    def rank(self) -> int:
-        return _PRECISION_RANK[self]
 
     @property
     def finding(self) -> bool:
