@@ -56,10 +56,14 @@ the reason), any other exception is a crash.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import math
+import os
 import platform
+import shutil
+import tempfile
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -69,6 +73,34 @@ import numpy as np
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+
+def _compilation_cache() -> str | None:
+    """Keep what XLA compiles, by content, for the rest of this process.
+
+    JAX's in-memory caches are keyed by the Python function, so a computation
+    built anew on every call compiles anew: optax's Muon compiles its
+    vmapped Newton-Schulz iteration on every eager `update` (measured: about
+    2.4 s a case), and every case's eager primitives compile again for each
+    new shape. JAX's persistent compilation cache is keyed by the compiled
+    module itself (its HLO, the compile options, the jax/jaxlib versions and
+    the backend), so the same computation is compiled once and the same
+    executable runs: the numbers cannot change, only the time (measured on
+    the Muon and Adam eager float32 cells: 44 s without, 23 s with).
+    The cache lives in a temporary directory of this process, removed at
+    exit; a user who configured JAX's cache (`JAX_COMPILATION_CACHE_DIR` or
+    `jax_compilation_cache_dir`) keeps theirs.
+    """
+    if jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return None
+    path = tempfile.mkdtemp(prefix="conformance-jax-cache-")
+    atexit.register(shutil.rmtree, path, True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return path
+
+
+COMPILATION_CACHE = _compilation_cache()
 
 import jax.numpy as jnp  # noqa: E402
 import jaxlib  # noqa: E402

@@ -325,3 +325,37 @@ def test_unmapped_trace_is_the_canonical_buffer_when_momentum_is_on(catalog, rul
     ref = run_case(spec, case, variants)
     np.testing.assert_allclose(got["params"], ref.params, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(sign * got["state"]["trace"], ref.state["b"], rtol=1e-13, atol=1e-15)
+
+
+def _cache_hits() -> list[str]:
+    hits: list[str] = []
+    jax.monitoring.register_event_listener(lambda event, **_: hits.append(event) if event.endswith("cache_hits") else None)
+    return hits
+
+
+def test_a_computation_built_anew_per_call_compiles_once_and_computes_the_same():
+    """optax's Muon builds its Newton-Schulz iteration anew on every eager
+    update; the adapter's compilation cache (keyed by the compiled module)
+    serves the repeats, and the trajectory is the one computed without it."""
+    assert adapter.COMPILATION_CACHE is not None and jax.config.jax_compilation_cache_dir == adapter.COMPILATION_CACHE
+    request = _request("optax.contrib.muon", {"learning_rate": 0.02, "beta": 0.95}, state=(), shape=(4, 3), steps=3, seed=5)
+    hits = _cache_hits()
+    cached = adapter.run(request)
+    assert hits, "the repeated Newton-Schulz steps were compiled again"
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        request = dict(request, params=request["params"] + 0.0)  # (a new array: nothing remembered by identity)
+        fresh = adapter.run(request)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
+    np.testing.assert_array_equal(cached["params"], fresh["params"])
+
+
+def test_a_users_own_compilation_cache_is_kept(tmp_path):
+    import subprocess
+    import sys
+
+    code = "from conformance.adapters import jax as a; import jax; print(a.COMPILATION_CACHE, jax.config.jax_compilation_cache_dir)"
+    env = dict(__import__("os").environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["None", str(tmp_path)]
