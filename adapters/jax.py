@@ -11,7 +11,7 @@ the modes name:
 - `jit`: every step compiled, as in a user's `jax.jit`-ed train step. For
   parameters of up to SCAN_MAX_ELEMENTS elements (every generated case) all
   steps of a case run in one compiled call (`lax.scan`, the step count
-  padded up to a multiple of 4); larger ones call one compiled step per step
+  padded up to 32, or the next power of two beyond); larger ones call one compiled step per step
   from Python, as a user's loop does (XLA's CPU loops copy large stacked
   per-step outputs slowly). The executables are cached by (optimizer,
   static arguments, names of the traced arguments, shape, dtype, device,
@@ -125,7 +125,8 @@ _LOCK = threading.Lock()
 COMPILATIONS = 0
 #: The least recently used executables beyond this many are dropped (a long run sees many shapes).
 CACHE_SIZE = 512
-STEP_QUANTUM = 4
+#: Scans run this many steps at least (a power of two): one compilation per shape for 1 to 32 steps.
+STEP_BUCKET = 32
 #: Parameters up to this many elements run all steps in one lax.scan, larger ones step by step.
 SCAN_MAX_ELEMENTS = 1 << 13
 
@@ -334,10 +335,13 @@ def _run_eager(factory, args, lr_arg, schedule, params, grads, device, wanted):
 
 
 def _bucket(steps: int) -> int:
-    """The step count padded up to a multiple of 4, so that a few compilations serve
-    every step count (the ci profile's 1 to 20 steps: five). Padding is causal: the
-    steps after the case's own never change its results, and they are dropped."""
-    return max(STEP_QUANTUM, -(-steps // STEP_QUANTUM) * STEP_QUANTUM)
+    """The step count padded up to STEP_BUCKET, or the next power of two beyond,
+    so that one compilation serves every step count of a shape (the ci
+    profile's 1 to 20 steps; padded to multiples of 4 there were five, and
+    a compilation costs about 100 ms, while a padded step of a generated
+    case's parameter costs microseconds). Padding is causal: the steps after
+    the case's own never change its results, and they are dropped."""
+    return max(STEP_BUCKET, 1 << (steps - 1).bit_length())
 
 
 def _scan_fn(factory, static, lr_arg, wanted):

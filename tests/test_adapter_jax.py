@@ -204,7 +204,8 @@ def test_jit_step_by_step_path_agrees(monkeypatch, dtype):
 
 
 def test_jit_padding_does_not_change_results():
-    for steps in (1, 3, 4, 5):
+    assert [adapter._bucket(n) for n in (1, 20, 32, 33, 64, 65)] == [32, 32, 32, 64, 64, 128]
+    for steps in (1, 3, 4, 5, 33):
         req = _request(mode="jit", dtype="float64", steps=steps, seed=steps)
         got = adapter.run(req)
         assert got["params"].shape == (steps, 3, 4)
