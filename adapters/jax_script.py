@@ -103,10 +103,11 @@ def _eager(request: dict[str, Any], name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: As jax.py SCAN_MAX_ELEMENTS and STEP_QUANTUM: parameters up to this many elements
-#: run every step in one compiled `lax.scan`, the step count padded to a multiple of 4.
+#: As jax.py SCAN_MAX_ELEMENTS and STEP_BUCKET: parameters up to this many elements
+#: run every step in one compiled `lax.scan`, the step count padded to 32 (or the next
+#: power of two beyond).
 SCAN_MAX_ELEMENTS = 1 << 13
-STEP_QUANTUM = 4
+STEP_BUCKET = 32
 
 
 def _jit(request: dict[str, Any], name: str) -> str:
@@ -211,7 +212,7 @@ def _scan(request: dict[str, Any], name: str, dtype: str, call: list[str], hps: 
         "",
         "        return jax.lax.scan(body, (p, tx.init(p)), gs)[1]",
         "",
-        f"    padded = max({STEP_QUANTUM}, -(-steps // {STEP_QUANTUM}) * {STEP_QUANTUM})  # as the run: later steps never change earlier ones",
+        f"    padded = max({STEP_BUCKET}, 1 << (steps - 1).bit_length())  # as the run: later steps never change earlier ones",
         "    gs = np.zeros((padded,) + params.shape)",
         "    gs[:steps] = grads",
         "    lr_steps = np.zeros(padded)",

@@ -205,6 +205,9 @@ def test_jit_step_by_step_path_agrees(monkeypatch, dtype):
 
 def test_jit_padding_does_not_change_results():
     assert [adapter._bucket(n) for n in (1, 20, 32, 33, 64, 65)] == [32, 32, 32, 64, 64, 128]
+    from conformance.adapters import jax_script  # (the reproducer pads as the run does)
+
+    assert jax_script.STEP_BUCKET == adapter.STEP_BUCKET
     for steps in (1, 3, 4, 5, 33):
         req = _request(mode="jit", dtype="float64", steps=steps, seed=steps)
         got = adapter.run(req)
