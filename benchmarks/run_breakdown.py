@@ -4,7 +4,8 @@ For each shard (or the run itself): its wall time (the environment file's
 duration), the time inside cells split into the framework's own execution
 (the adapter's answer, worker round trip included) and the harness's
 judging (reference, rounding model, precision axis, classification), cross
-cells apart from plain ones, and what is left outside cells (worker
+cells apart from plain ones (their sides' framework runs apart from their
+comparison), and what is left outside cells (worker
 start-up, hypothesis drawing cases, writing records). Then the merge: the
 summary and the report written again here, timed, with their sizes. Every
 figure is printed as a share of the whole, so two runs on a noisy shared
@@ -38,7 +39,7 @@ def breakdown(directory: Path) -> dict:
         env_file = f.parent / f.name.replace("results", "environment", 1).replace(".jsonl", ".json")
         env = json.loads(env_file.read_text(encoding="utf-8")) if env_file.exists() else {}
         row = {"name": str(f.parent.relative_to(directory)) or ".", "wall": float(env.get("duration_s") or 0.0),
-               "framework": 0.0, "judging": 0.0, "cross": 0.0, "cases": 0}
+               "framework": 0.0, "judging": 0.0, "cross_framework": 0.0, "cross": 0.0, "cases": 0}
         for line in f.open(encoding="utf-8"):
             r = json.loads(line)
             if "cell_status" in r:
@@ -50,11 +51,14 @@ def breakdown(directory: Path) -> dict:
             per_framework[key]["framework"] += fw
             per_framework[key]["cases"] += 1
             if _cross(r):
-                row["cross"] += s
+                # a cross cell often runs before its sides' plain cells: it pays
+                # for the framework runs that they then find remembered
+                row["cross_framework"] += fw
+                row["cross"] += s - fw
             else:
                 row["framework"] += fw
                 row["judging"] += s - fw
-        row["outside"] = max(row["wall"] - row["framework"] - row["judging"] - row["cross"], 0.0)
+        row["outside"] = max(row["wall"] - row["framework"] - row["judging"] - row["cross_framework"] - row["cross"], 0.0)
         shards.append(row)
     return {"shards": shards, "per_framework": per_framework}
 
@@ -65,11 +69,12 @@ def main() -> None:
     ap.add_argument("--no-rewrite", action="store_true", help="do not time writing the summary and report again")
     args = ap.parse_args()
     b = breakdown(args.directory)
-    total = {k: sum(s[k] for s in b["shards"]) for k in ("wall", "framework", "judging", "cross", "outside", "cases")}
+    total = {k: sum(s[k] for s in b["shards"]) for k in ("wall", "framework", "judging", "cross_framework", "cross", "outside", "cases")}
     print(f"{args.directory}: {len(b['shards'])} shard(s), {total['cases']} records, {total['wall']:.0f} CPU-side s of shard wall time")
-    for k, what in (("framework", "framework execution (adapter answer, worker round trip)"),
+    for k, what in (("framework", "framework execution of plain cells (adapter answer, worker round trip)"),
+                    ("cross_framework", "framework execution of cross cells' sides (runs their plain cells then remember)"),
                     ("judging", "judging plain cells (reference, rounding model, precision axis, verdict)"),
-                    ("cross", "cross cells (both sides and their comparison)"),
+                    ("cross", "judging cross cells (the two sides' comparison)"),
                     ("outside", "outside cells (worker start, drawing cases, hypothesis, writing records)")):
         print(f"  {100 * total[k] / max(total['wall'], 1e-9):5.1f} %  {total[k]:8.1f} s  {what}")
     print("per framework/mode (cases, share of in-cell time, ms per case, of it framework):")
