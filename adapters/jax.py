@@ -93,13 +93,38 @@ def _compilation_cache() -> str | None:
     """
     if jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None
-    path = tempfile.mkdtemp(prefix="conformance-jax-cache-")
+    _remove_orphaned_caches()
+    path = tempfile.mkdtemp(prefix=f"{_CACHE_PREFIX}{os.getpid()}-")
     atexit.register(shutil.rmtree, path, True)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return path
 
 
+def _remove_orphaned_caches() -> None:
+    """Remove the caches of workers that ended without their exit handlers (a
+    worker killed for a hung case): their directory names carry their pid."""
+    if os.name != "posix":  # (os.kill(pid, 0) tests a pid on POSIX only)
+        return
+    for entry in os.scandir(tempfile.gettempdir()):
+        if not entry.name.startswith(_CACHE_PREFIX):
+            continue
+        pid = entry.name[len(_CACHE_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (someone else's process: alive)
+        return True
+    return True
+
+
+_CACHE_PREFIX = "conformance-jax-cache-"
 COMPILATION_CACHE = _compilation_cache()
 
 import jax.numpy as jnp  # noqa: E402

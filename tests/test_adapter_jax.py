@@ -11,6 +11,7 @@ give), and that `defaults` reports optax's own defaults.
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,3 +364,17 @@ def test_a_users_own_compilation_cache_is_kept(tmp_path):
     env = dict(__import__("os").environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert out == ["None", str(tmp_path)]
+
+
+def test_the_caches_of_killed_workers_are_removed():
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    orphan = tempfile.mkdtemp(prefix=f"{adapter._CACHE_PREFIX}{ended.stdout.strip()}-")
+    (Path(orphan) / "entry").write_bytes(b"x")
+    adapter._remove_orphaned_caches()
+    assert not os.path.exists(orphan)
+    assert os.path.isdir(adapter.COMPILATION_CACHE)  # (this process's own stays)
