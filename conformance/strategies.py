@@ -182,11 +182,8 @@ SHAPES: tuple[tuple[int, ...], ...] = (
 
 def shape_menu(max_size: int, ranks: tuple[int, ...] = (0, 1, 2, 3)) -> tuple[tuple[int, ...], ...]:
     """The shapes of SHAPES of the `ranks` given with at most `max_size` elements
-    (the all-ones shape of each rank whatever `max_size`)."""
-    menu = tuple(s for s in SHAPES if len(s) in ranks and (math.prod(s) <= max_size or math.prod(s) == 1))
-    if not menu:
-        raise ValueError(f"no shape of ranks {ranks} has at most {max_size} elements")
-    return menu
+    (the all-ones shape of each rank whatever `max_size`: never empty)."""
+    return tuple(s for s in SHAPES if len(s) in ranks and math.prod(s) <= max(max_size, 1))
 
 
 def shapes(max_size: int, ranks: tuple[int, ...] = (0, 1, 2, 3)) -> st.SearchStrategy[tuple[int, ...]]:
